@@ -1,0 +1,146 @@
+//! Command-line definitions (clap) and dispatch to one module per command.
+
+mod run;
+
+pub use run::userns_hint;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "rootless_container",
+    version,
+    about = "A container runtime whose normal user is not root",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// How the copy-on-write root filesystem is made: kernel overlayfs, fuse-overlayfs,
+    /// a plain copy, or the first that works (auto).
+    #[arg(long, global = true, value_enum, default_value = "auto", env = "ROOTLESS_CONTAINER_OVERLAY")]
+    pub overlay: OverlayMode,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a command in a new container
+    Run(Box<RunArgs>),
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OverlayMode {
+    Auto,
+    Kernel,
+    Fuse,
+    Copy,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum UsernsMode {
+    /// Rootless: container 0 is you, 1.. your /etc/subuid range. Root: no user namespace.
+    Auto,
+    /// Your uid and gid are the same inside the container (and the default user).
+    KeepId,
+    /// No user namespace (root only).
+    Host,
+}
+
+#[derive(clap::Args, Debug, Default)]
+pub struct RunArgs {
+    /// Directory holding the root filesystem (default: the host's own, read-only under a
+    /// throw-away writable layer)
+    #[arg(long, value_name = "DIR")]
+    pub rootfs: Option<std::path::PathBuf>,
+
+    /// Set an environment variable (K=V, or K to copy it from the host)
+    #[arg(short = 'e', long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+
+    /// Read environment variables from a file (K=V lines)
+    #[arg(long = "env-file", value_name = "FILE")]
+    pub env_file: Vec<std::path::PathBuf>,
+
+    /// Working directory inside the container
+    #[arg(short = 'w', long, value_name = "DIR")]
+    pub workdir: Option<String>,
+
+    /// User to run as: NAME|UID[:GROUP|GID]
+    #[arg(short = 'u', long, value_name = "USER[:GROUP]")]
+    pub user: Option<String>,
+
+    /// Container host name (default: the container id)
+    #[arg(long)]
+    pub hostname: Option<String>,
+
+    /// Bind mount a host path: SRC:DST[:ro|rw]
+    #[arg(short = 'v', long = "volume", value_name = "SRC:DST[:OPTS]")]
+    pub volumes: Vec<String>,
+
+    /// Mount the container's root filesystem read-only
+    #[arg(long = "read-only")]
+    pub read_only: bool,
+
+    /// Allocate a pseudo-terminal
+    #[arg(short = 't', long)]
+    pub tty: bool,
+
+    /// Keep standard input open
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+
+    /// Remove the container's writable layer when it exits
+    #[arg(long)]
+    pub rm: bool,
+
+    /// Container name
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// Run a minimal init as PID 1 that forwards signals and reaps zombies
+    #[arg(long)]
+    pub init: bool,
+
+    /// Add a capability (e.g. NET_ADMIN, or ALL)
+    #[arg(long = "cap-add", value_name = "CAP")]
+    pub cap_add: Vec<String>,
+
+    /// Drop a capability (e.g. CHOWN, or ALL)
+    #[arg(long = "cap-drop", value_name = "CAP")]
+    pub cap_drop: Vec<String>,
+
+    /// Network: none (loopback only) or host
+    #[arg(long, default_value = "none")]
+    pub network: String,
+
+    /// All capabilities, host devices, no masked paths (root only)
+    #[arg(long)]
+    pub privileged: bool,
+
+    /// User namespace mode (default: auto rootless, host as root)
+    #[arg(long, value_enum)]
+    pub userns: Option<UsernsMode>,
+
+    /// Pass N extra file descriptors (3..3+N-1) into the container
+    #[arg(long = "preserve-fds", value_name = "N", default_value_t = 0)]
+    pub preserve_fds: u32,
+
+    /// Command and arguments (default: /bin/sh)
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// Parse the command line and run the command; returns the process exit code.
+pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Run(args) => run::run(*args, cli.overlay),
+    }
+}
+
+impl Cli {
+    /// Commands that start container processes run from a sealed copy of the binary.
+    pub fn needs_sealed_exe(&self) -> bool {
+        matches!(self.command, Command::Run(_))
+    }
+}

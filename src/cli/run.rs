@@ -1,0 +1,248 @@
+//! `run`: flags -> OCI spec -> engine, with the container's runtime record around it.
+
+use super::{OverlayMode, RunArgs, UsernsMode};
+use crate::engine::{self, userns, Launch, MapWriter, WritableLayer};
+use crate::exit::ExitError;
+use crate::spec::{self, ResolvedUser, SpecInput};
+use crate::state::{self, Dirs, Live, Record, Status};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+
+fn fail(msg: impl Into<String>) -> anyhow::Error {
+    ExitError::new(125, msg).into()
+}
+
+/// Id maps for a new user namespace and how to write them. Prints at most one warning.
+fn plan_maps(mode: UsernsMode, uid: u32, gid: u32) -> Result<(Vec<userns::IdMap>, Vec<userns::IdMap>, MapWriter)> {
+    let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten().map(|u| u.name).unwrap_or_default();
+    let read = |f: &str| std::fs::read_to_string(f).unwrap_or_default();
+    let subuid = userns::parse_subid(&read("/etc/subuid"), &name, uid);
+    let subgid = userns::parse_subid(&read("/etc/subgid"), &name, gid);
+    userns::validate_ranges("subuid", &subuid, uid).map_err(|e| fail(format!("{e:#}")))?;
+    userns::validate_ranges("subgid", &subgid, gid).map_err(|e| fail(format!("{e:#}")))?;
+    let helpers = crate::util::find_in_path("newuidmap").zip(crate::util::find_in_path("newgidmap"));
+    let single = |id: u32| {
+        let inside = if mode == UsernsMode::KeepId { id } else { 0 };
+        vec![userns::IdMap { inside, outside: id, count: 1 }]
+    };
+    let root = uid == 0;
+    let why = match (&helpers, subuid.is_empty() || subgid.is_empty()) {
+        _ if root && !subuid.is_empty() && !subgid.is_empty() => None,
+        (Some(_), false) => None,
+        (None, _) => Some("newuidmap/newgidmap are not installed (apt install uidmap)".to_string()),
+        (Some(_), true) => Some(format!(
+            "user {name} has no range in /etc/subuid and /etc/subgid (as root: usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {name})"
+        )),
+    };
+    if let Some(why) = why {
+        if root {
+            bail!("--userns needs subordinate ids for root: {why}");
+        }
+        eprintln!("rootless_container: warning: {why}; running with a single id mapping (only root inside)");
+        return Ok((single(uid), single(gid), MapWriter::Direct));
+    }
+    let (u, g) = match mode {
+        UsernsMode::KeepId => (userns::keep_id_maps(uid, &subuid), userns::keep_id_maps(gid, &subgid)),
+        _ => (userns::auto_maps(uid, &subuid), userns::auto_maps(gid, &subgid)),
+    };
+    let writer = match helpers {
+        // Root may write any map itself.
+        _ if root => MapWriter::Direct,
+        Some((newuidmap, newgidmap)) => MapWriter::Helpers { newuidmap, newgidmap },
+        None => MapWriter::Direct,
+    };
+    Ok((u, g, writer))
+}
+
+/// Why a user namespace cannot be created, with the fix, as far as the host tells.
+pub fn userns_hint() -> String {
+    let read = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_string()).ok();
+    if read("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0") {
+        return "unprivileged user namespaces are disabled; as root: sysctl -w kernel.unprivileged_userns_clone=1".into();
+    }
+    if read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").as_deref() == Some("1") {
+        return "AppArmor restricts unprivileged user namespaces; as root: sysctl -w kernel.apparmor_restrict_unprivileged_userns=0 (or add an AppArmor profile allowing userns for rootless_container)".into();
+    }
+    if read("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
+        return "user namespaces are disabled; as root: sysctl -w user.max_user_namespaces=15000".into();
+    }
+    "user namespaces are not allowed here (a seccomp filter in an outer container, or a kernel without CONFIG_USER_NS); run on a host that allows unprivileged user namespaces".into()
+}
+
+fn check_hostname(h: &str) -> Result<()> {
+    let ok = !h.is_empty() && h.len() <= 64 && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if !ok {
+        return Err(fail(format!("invalid --hostname {h:?}: use letters, digits, '-' and '.', at most 64")));
+    }
+    Ok(())
+}
+
+fn check_name(n: &str) -> Result<()> {
+    let ok = !n.is_empty()
+        && n.len() <= 128
+        && n.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && n.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if !ok {
+        return Err(fail(format!("invalid --name {n:?}: use [a-zA-Z0-9][a-zA-Z0-9_.-]*")));
+    }
+    Ok(())
+}
+
+pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
+    let euid = nix::unistd::geteuid().as_raw();
+    let egid = nix::unistd::getegid().as_raw();
+    let rootless = euid != 0;
+    if a.privileged && rootless {
+        return Err(fail("--privileged needs root: it gives the container the host's devices and all capabilities; run without it, or as root"));
+    }
+    if a.userns == Some(UsernsMode::Host) && rootless {
+        return Err(fail("--userns host needs root: an unprivileged user always gets a user namespace"));
+    }
+    if a.tty {
+        crate::engine::require_terminal_stdin().map_err(|e| fail(format!("{e:#}")))?;
+    }
+    let network_ns = match a.network.as_str() {
+        "none" => true,
+        "host" => false,
+        other => return Err(fail(format!("unsupported --network {other:?}: this version supports none and host"))),
+    };
+    if let Some(h) = &a.hostname {
+        check_hostname(h)?;
+    }
+    if let Some(n) = &a.name {
+        check_name(n)?;
+    }
+    let host_rootfs = a.rootfs.is_none();
+    let rootfs: PathBuf = match &a.rootfs {
+        None => PathBuf::from("/"),
+        Some(r) => {
+            let p = std::fs::canonicalize(r)
+                .map_err(|e| fail(format!("rootfs {} does not exist ({e}); give a directory holding a root filesystem", r.display())))?;
+            if !p.is_dir() {
+                return Err(fail(format!("rootfs {} is not a directory", p.display())));
+            }
+            p
+        }
+    };
+    let volumes = a.volumes.iter().map(|v| spec::parse_volume(v)).collect::<Result<Vec<_>>>()?;
+    let caps = if a.privileged { spec::all_caps() } else { spec::capabilities(&a.cap_add, &a.cap_drop).map_err(|e| fail(format!("{e:#}")))? };
+
+    // The user namespace: always rootless; as root only when asked for.
+    let userns_mode = a.userns.unwrap_or(UsernsMode::Auto);
+    let want_userns = rootless || a.userns.is_some_and(|m| m != UsernsMode::Host);
+    let (maps, writer) = if want_userns {
+        let (u, g, w) = plan_maps(userns_mode, euid, egid)?;
+        (Some((u, g)), w)
+    } else {
+        (None, MapWriter::Direct)
+    };
+
+    // The user the command runs as, resolved in the container's own passwd/group files.
+    let read_etc = |f: &str| engine::fsutil::read_in_root(&rootfs, Path::new(f)).unwrap_or_default();
+    let (passwd, group) = (read_etc("/etc/passwd"), read_etc("/etc/group"));
+    let user = match (&a.user, userns_mode) {
+        (Some(u), _) => spec::resolve_user(u, &passwd, &group)?,
+        (None, UsernsMode::KeepId) => {
+            let mut u = spec::resolve_user(&euid.to_string(), &passwd, &group)?;
+            u.gid = egid;
+            u
+        }
+        (None, _) => spec::resolve_user("0", &passwd, &group).unwrap_or(ResolvedUser { uid: 0, gid: 0, additional_gids: vec![], home: "/root".into() }),
+    };
+    if let Some((u, g)) = &maps {
+        if !userns::is_mapped(u, user.uid) || !userns::is_mapped(g, user.gid) {
+            return Err(fail(format!(
+                "user {}:{} is not mapped in the container's user namespace (maps: uid {:?}, gid {:?}); \
+                 give the user a large enough /etc/subuid and /etc/subgid range",
+                user.uid,
+                user.gid,
+                u.iter().map(|m| (m.inside, m.count)).collect::<Vec<_>>(),
+                g.iter().map(|m| (m.inside, m.count)).collect::<Vec<_>>()
+            )));
+        }
+    }
+    let id = state::new_id();
+    let hostname = a.hostname.clone().unwrap_or_else(|| id[..12].to_string());
+    let mut defaults = vec![
+        ("PATH".to_string(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()),
+        ("HOSTNAME".to_string(), hostname.clone()),
+        ("HOME".to_string(), if user.home.is_empty() { "/".into() } else { user.home.clone() }),
+        ("container".to_string(), "rootless_container".to_string()),
+    ];
+    if a.tty {
+        defaults.push(("TERM".to_string(), std::env::var("TERM").unwrap_or_else(|_| "xterm".into())));
+    }
+    let env = spec::environment(&defaults, &a.env_file, &a.env)?;
+    let args = if a.command.is_empty() { vec!["/bin/sh".to_string()] } else { a.command.clone() };
+    let cwd = a.workdir.clone().unwrap_or_else(|| "/".into());
+    if !cwd.starts_with('/') {
+        return Err(fail(format!("--workdir {cwd:?} must be an absolute path")));
+    }
+    let oci = spec::build(SpecInput {
+        rootfs: &rootfs,
+        readonly_root: a.read_only,
+        args: args.clone(),
+        env,
+        cwd: cwd.clone(),
+        user,
+        hostname,
+        terminal: a.tty,
+        caps,
+        volumes,
+        userns_maps: maps,
+        network_ns,
+        privileged: a.privileged,
+        no_new_privileges: !a.privileged,
+    })?;
+
+    let dirs = Dirs::for_current_user()?;
+    dirs.ensure_run()?;
+    state::collect_stale(&dirs.run);
+    let name = a.name.clone().unwrap_or_else(|| id[..12].to_string());
+    let live = Live::create(&dirs.run, &id, &name).map_err(|e| fail(format!("{e:#}")))?;
+    let mountpoint = live.dir.join("root");
+    std::fs::create_dir(&mountpoint).with_context(|| format!("create {}", mountpoint.display()))?;
+    let layer = if a.rm || host_rootfs {
+        WritableLayer::Tmpfs
+    } else {
+        let base = dirs.data.join("containers").join(&id);
+        for d in ["upper", "work"] {
+            std::fs::create_dir_all(base.join(d)).with_context(|| format!("create {}", base.join(d).display()))?;
+        }
+        std::fs::write(base.join("config.json"), serde_json::to_vec_pretty(&oci)?)?;
+        WritableLayer::Dir { upper: base.join("upper"), work: base.join("work") }
+    };
+    let launch = Launch {
+        id: id.clone(),
+        spec: oci,
+        rootless,
+        maps: writer,
+        host_rootfs,
+        layer,
+        overlay,
+        mountpoint,
+        interactive: a.interactive,
+        init: a.init,
+        preserve_fds: a.preserve_fds,
+        privileged: a.privileged,
+    };
+    let mut record = Record {
+        id: id.clone(),
+        name,
+        status: Status::Creating,
+        pid: 0,
+        rootfs: rootfs.clone(),
+        command: args,
+        created: state::now_secs(),
+        exit_code: None,
+        rootless,
+    };
+    live.write(&record)?;
+    let result = engine::run(&launch, &mut |pid| {
+        record.status = Status::Running;
+        record.pid = pid;
+        let _ = live.write(&record);
+    });
+    drop(live);
+    result
+}

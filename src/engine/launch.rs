@@ -1,0 +1,273 @@
+//! The runtime's side of a container: clone into new namespaces, write the id maps,
+//! release the child, relay the terminal and signals, and collect the exit status.
+
+use super::init::FORWARDED;
+use super::{sync, tty, userns, Launch, MapWriter};
+use crate::exit::ExitError;
+use anyhow::{bail, Context, Result};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+use oci_spec::runtime::LinuxNamespaceType;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// clone3's argument block (include/uapi/linux/sched.h).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// fork(2) into new namespaces. Returns 0 in the child, else the child's pid and a pidfd.
+fn clone_into_namespaces(flags: u64) -> Result<(i32, Option<OwnedFd>)> {
+    let mut pidfd: RawFd = -1;
+    let mut args = CloneArgs {
+        flags: flags | libc::CLONE_PIDFD as u64,
+        pidfd: &mut pidfd as *mut RawFd as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..Default::default()
+    };
+    // SAFETY: clone3 without CLONE_VM and without a stack behaves like fork(); we are
+    // single-threaded here, so the child may keep running Rust code.
+    let r = unsafe { libc::syscall(libc::SYS_clone3, &mut args as *mut CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    if r >= 0 {
+        let fd = (r > 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd) });
+        return Ok((r as i32, fd));
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::ENOSYS) {
+        return Err(clone_error(err));
+    }
+    // Linux < 5.3: plain clone, then pidfd_open where it exists.
+    // SAFETY: as above, fork-like clone.
+    let r = unsafe { libc::syscall(libc::SYS_clone, flags | libc::SIGCHLD as u64, 0usize, 0usize, 0usize, 0usize) };
+    if r < 0 {
+        return Err(clone_error(std::io::Error::last_os_error()));
+    }
+    if r == 0 {
+        return Ok((0, None));
+    }
+    // SAFETY: pidfd_open on our own child.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, r as i32, 0) };
+    Ok((r as i32, (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })))
+}
+
+fn clone_error(err: std::io::Error) -> anyhow::Error {
+    match err.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) | Some(libc::ENOSPC) | Some(libc::EUSERS) => {
+            anyhow::anyhow!("cannot create the container's namespaces ({err}): {}", crate::cli::userns_hint())
+        }
+        _ => anyhow::anyhow!("clone: {err}"),
+    }
+}
+
+fn namespace_flags(l: &Launch) -> u64 {
+    let mut flags = 0u64;
+    let nss = l.spec.linux().as_ref().and_then(|x| x.namespaces().clone()).unwrap_or_default();
+    for ns in nss.iter().filter(|n| n.path().is_none()) {
+        flags |= match ns.typ() {
+            LinuxNamespaceType::User => libc::CLONE_NEWUSER,
+            LinuxNamespaceType::Mount => libc::CLONE_NEWNS,
+            LinuxNamespaceType::Pid => libc::CLONE_NEWPID,
+            LinuxNamespaceType::Uts => libc::CLONE_NEWUTS,
+            LinuxNamespaceType::Ipc => libc::CLONE_NEWIPC,
+            LinuxNamespaceType::Network => libc::CLONE_NEWNET,
+            // Created by the child once it is in its cgroup.
+            LinuxNamespaceType::Cgroup | LinuxNamespaceType::Time => 0,
+        } as u64;
+    }
+    flags
+}
+
+/// Kills the child if setup fails half-way.
+struct ChildGuard(Option<Pid>);
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+        }
+    }
+}
+
+fn write_maps(l: &Launch, pid: Pid) -> Result<()> {
+    let linux = l.spec.linux().as_ref().context("spec has no linux section")?;
+    let conv = |m: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| -> Vec<userns::IdMap> {
+        m.iter()
+            .flatten()
+            .map(|x| userns::IdMap { inside: x.container_id(), outside: x.host_id(), count: x.size() })
+            .collect()
+    };
+    let (uids, gids) = (conv(linux.uid_mappings()), conv(linux.gid_mappings()));
+    match &l.maps {
+        MapWriter::Helpers { newuidmap, newgidmap } => {
+            // Both helpers at once: each is a setuid exec, the slowest part of start-up.
+            let u = userns::spawn_map_helper(newuidmap, pid, &uids)?;
+            let g = userns::spawn_map_helper(newgidmap, pid, &gids)?;
+            let ur = userns::finish_map_helper("newuidmap", u);
+            let gr = userns::finish_map_helper("newgidmap", g);
+            ur.and(gr)
+        }
+        MapWriter::Direct => {
+            userns::deny_setgroups(pid)?;
+            userns::write_map_direct(pid, "uid_map", &uids)?;
+            userns::write_map_direct(pid, "gid_map", &gids)
+        }
+    }
+}
+
+/// Run the container to completion. `on_started` is told the pid once the command runs.
+pub fn run(l: &Launch, on_started: &mut dyn FnMut(i32)) -> Result<i32> {
+    let terminal = l.spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
+    let (parent_sock, child_sock) = sync::pair()?;
+    let mut sigs = SigSet::empty();
+    for s in FORWARDED {
+        sigs.add(s);
+    }
+    sigs.add(Signal::SIGCHLD);
+    // Blocked before clone, so that no signal and no exit is lost before the wait loop.
+    let mut old = SigSet::empty();
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&sigs), Some(&mut old)).context("block signals")?;
+    let userns = namespace_flags(l) & libc::CLONE_NEWUSER as u64 != 0;
+
+    let (pid, pidfd) = clone_into_namespaces(namespace_flags(l))?;
+    if pid == 0 {
+        drop(parent_sock);
+        super::child::main(l, child_sock.as_raw_fd(), sigs);
+    }
+    drop(child_sock);
+    let pid = Pid::from_raw(pid);
+    let mut guard = ChildGuard(Some(pid));
+    if userns {
+        write_maps(l, pid)?;
+    }
+    let stdin_fd = std::io::stdin().as_raw_fd();
+    let winsize = if terminal { tty::winsize_of(stdin_fd) } else { None };
+    sync::send_go(&parent_sock, winsize)?;
+
+    let mut master: Option<OwnedFd> = None;
+    loop {
+        match sync::recv_report(&parent_sock)? {
+            sync::Report::Pty(fd) => master = Some(fd),
+            sync::Report::Executed => break,
+            sync::Report::Failed { code, message } => {
+                let _ = waitpid(pid, None);
+                guard.0 = None;
+                return Err(ExitError::new(code, message).into());
+            }
+        }
+    }
+    drop(parent_sock);
+    guard.0 = None;
+    on_started(pid.as_raw());
+
+    let _raw = if terminal && l.interactive { Some(tty::RawMode::enter(stdin_fd)?) } else { None };
+    let status = wait_loop(pid, pidfd.as_ref(), &sigs, master.as_ref(), l.interactive && terminal)?;
+    Ok(status)
+}
+
+/// Forward signals, relay the terminal, and return the exit code (128+N for signal N).
+fn wait_loop(pid: Pid, pidfd: Option<&OwnedFd>, sigs: &SigSet, master: Option<&OwnedFd>, relay_stdin: bool) -> Result<i32> {
+    let sfd = SignalFd::with_flags(sigs, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).context("signalfd")?;
+    let stdin = 0;
+    let stdout = 1;
+    let mut stdin_open = relay_stdin;
+    let mut master_open = master.is_some();
+    loop {
+        let mut fds = vec![libc::pollfd { fd: sfd.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+        if let Some(p) = pidfd {
+            fds.push(libc::pollfd { fd: p.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        }
+        let m_idx = fds.len();
+        if let (Some(m), true) = (master, master_open) {
+            fds.push(libc::pollfd { fd: m.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        }
+        let s_idx = fds.len();
+        if stdin_open {
+            fds.push(libc::pollfd { fd: stdin, events: libc::POLLIN, revents: 0 });
+        }
+        // SAFETY: poll over a valid array.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            bail!("poll: {}", std::io::Error::last_os_error());
+        }
+        let mut child_gone = pidfd.is_some() && fds[1].revents != 0;
+        if fds[0].revents != 0 {
+            while let Ok(Some(info)) = sfd.read_signal() {
+                let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else { continue };
+                match sig {
+                    Signal::SIGCHLD => child_gone |= pidfd.is_none(),
+                    Signal::SIGWINCH => {
+                        if let (Some(m), Some(ws)) = (master, tty::winsize_of(stdin)) {
+                            tty::apply_winsize(m.as_raw_fd(), &ws);
+                        }
+                    }
+                    s => {
+                        let _ = nix::sys::signal::kill(pid, s);
+                    }
+                }
+            }
+        }
+        if master_open && fds.len() > m_idx && fds[m_idx].revents != 0 {
+            if let Some(m) = master {
+                master_open = tty::pump(m.as_raw_fd(), stdout);
+            }
+        }
+        if stdin_open && fds.len() > s_idx && fds[s_idx].revents != 0 {
+            if let Some(m) = master {
+                if !tty::pump(stdin, m.as_raw_fd()) {
+                    stdin_open = false;
+                    // End of input: the terminal's EOF character, as typing Ctrl-D would.
+                    let _ = nix::unistd::write(m, &[4u8]);
+                }
+            }
+        }
+        if child_gone {
+            match nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => continue,
+                Ok(st) => {
+                    if let Some(m) = master {
+                        drain(m.as_raw_fd(), stdout);
+                    }
+                    return Ok(match st {
+                        WaitStatus::Exited(_, c) => c,
+                        WaitStatus::Signaled(_, s, _) => 128 + s as i32,
+                        _ => 125,
+                    });
+                }
+                Err(e) => bail!("wait for the container: {e}"),
+            }
+        }
+    }
+}
+
+/// Copy what the container wrote to its terminal after its last process exited.
+fn drain(master: RawFd, out: RawFd) {
+    // SAFETY: make the master non-blocking; reads end at EIO (no slave left) or EAGAIN.
+    unsafe {
+        let fl = libc::fcntl(master, libc::F_GETFL);
+        libc::fcntl(master, libc::F_SETFL, fl | libc::O_NONBLOCK);
+    }
+    let mut buf = [0u8; 16384];
+    loop {
+        // SAFETY: read into a valid buffer.
+        let n = unsafe { libc::read(master, buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 || nix::unistd::write(unsafe { std::os::fd::BorrowedFd::borrow_raw(out) }, &buf[..n as usize]).is_err() {
+            break;
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! The engine runs one OCI spec: it forks the container's first process into new
+//! namespaces, maps its ids, assembles its root filesystem and waits for it.
+
+mod child;
+pub mod fsutil;
+mod init;
+mod launch;
+mod mounts;
+mod overlay;
+mod rootfs;
+pub mod seal;
+mod security;
+mod sync;
+mod tty;
+pub mod userns;
+
+use oci_spec::runtime::Spec;
+use std::path::PathBuf;
+
+pub use crate::cli::OverlayMode;
+pub use launch::run;
+pub use tty::require_terminal_stdin;
+
+/// How the id maps of a new user namespace are written.
+#[derive(Debug, Clone)]
+pub enum MapWriter {
+    /// Full maps through the setuid helpers from the uidmap package.
+    Helpers { newuidmap: PathBuf, newgidmap: PathBuf },
+    /// A single line (container 0 = our uid) written by ourselves; setgroups denied.
+    Direct,
+}
+
+/// Where the container's writable layer lives.
+#[derive(Debug, Clone)]
+pub enum WritableLayer {
+    /// A tmpfs inside the container's mount namespace: gone with the container, even after
+    /// a SIGKILL of the runtime.
+    Tmpfs,
+    /// Kept on disk after exit.
+    Dir { upper: PathBuf, work: PathBuf },
+}
+
+/// Everything the engine needs beyond the OCI spec.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub id: String, // used in messages and by later lifecycle commands
+    pub spec: Spec,
+    /// The runtime itself is unprivileged.
+    pub rootless: bool,
+    /// Map writer when the spec asks for a user namespace.
+    pub maps: MapWriter,
+    /// The root filesystem is the host's own `/` (with its submounts).
+    pub host_rootfs: bool,
+    pub layer: WritableLayer,
+    pub overlay: OverlayMode,
+    /// An empty directory in the runtime's state, used as the mount point of the new root.
+    pub mountpoint: PathBuf,
+    /// Keep stdin connected.
+    pub interactive: bool,
+    /// Run the built-in init as PID 1.
+    pub init: bool,
+    pub preserve_fds: u32,
+    pub privileged: bool,
+}

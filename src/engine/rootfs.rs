@@ -1,0 +1,213 @@
+//! Assemble the container's filesystem view on the new root and pivot into it.
+
+use super::fsutil::{fd_path, mkdir_all_in_root, open_dir, open_in_root, touch_in_root};
+use super::mounts::{bind, mount_fs, parse_options, remount_bind};
+use super::Launch;
+use anyhow::{bail, Context, Result};
+use nix::fcntl::OFlag;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use oci_spec::runtime::{LinuxNamespaceType, Mount};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+/// Device nodes every container gets, bound from the host (a user namespace cannot mknod).
+const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+fn has_namespace(l: &Launch, t: LinuxNamespaceType) -> bool {
+    l.spec
+        .linux()
+        .as_ref()
+        .and_then(|x| x.namespaces().as_ref())
+        .is_some_and(|ns| ns.iter().any(|n| n.typ() == t && n.path().is_none()))
+}
+
+/// Bind `src` onto `dest` inside the root, then apply `flags` on the new mount (reached
+/// by resolving `dest` again: the fd we mounted on still points below the new mount).
+fn bind_into(root: &OwnedFd, src: &Path, dest: &Path, recursive: bool, flags: MsFlags) -> Result<()> {
+    let is_dir = std::fs::metadata(src).map(|m| m.is_dir()).unwrap_or(true);
+    let target = if is_dir { mkdir_all_in_root(root, dest)? } else { touch_in_root(root, dest)? };
+    bind(src, &fd_path(&target), recursive, MsFlags::empty())?;
+    apply_bind_flags(root, dest, flags)
+}
+
+fn apply_bind_flags(root: &OwnedFd, dest: &Path, flags: MsFlags) -> Result<()> {
+    let wanted = flags & (MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC);
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let top = open_in_root(root, dest, OFlag::O_PATH, 0).with_context(|| format!("reopen {}", dest.display()))?;
+    remount_bind(&fd_path(&top), wanted).with_context(|| format!("apply mount options to {}", dest.display()))
+}
+
+/// Mount /dev: a tmpfs with the standard nodes, a private devpts, shm and mqueue.
+fn mount_dev(root: &OwnedFd, l: &Launch) -> Result<()> {
+    let dev = mkdir_all_in_root(root, Path::new("/dev"))?;
+    if l.privileged {
+        drop(dev);
+        return bind_into(root, Path::new("/dev"), Path::new("/dev"), true, MsFlags::empty());
+    }
+    mount_fs("tmpfs", "tmpfs", &fd_path(&dev), MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME, "mode=755,size=65536k")
+        .context("mount tmpfs on /dev")?;
+    for name in DEVICES {
+        let host = Path::new("/dev").join(name);
+        if !host.exists() {
+            continue;
+        }
+        bind_into(root, &host, &Path::new("/dev").join(name), false, MsFlags::empty())?;
+    }
+    let devfd = open_dir_in(root, "/dev")?;
+    for (link, to) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+        ("core", "/proc/kcore"),
+    ] {
+        nix::unistd::symlinkat(to, Some(std::os::fd::AsRawFd::as_raw_fd(&devfd)), link)
+            .with_context(|| format!("create /dev/{link}"))?;
+    }
+    let pts = mkdir_all_in_root(root, Path::new("/dev/pts"))?;
+    let ptsflags = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
+    // gid=5 (tty) only exists when it is mapped; a single-id map has no group 5.
+    if mount_fs("devpts", "devpts", &fd_path(&pts), ptsflags, "newinstance,ptmxmode=0666,mode=0620,gid=5").is_err() {
+        mount_fs("devpts", "devpts", &fd_path(&pts), ptsflags, "newinstance,ptmxmode=0666,mode=0620")
+            .context("mount devpts on /dev/pts")?;
+    }
+    let shm = mkdir_all_in_root(root, Path::new("/dev/shm"))?;
+    mount_fs(
+        "tmpfs",
+        "shm",
+        &fd_path(&shm),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        "mode=1777,size=65536k",
+    )
+    .context("mount /dev/shm")?;
+    let mq = mkdir_all_in_root(root, Path::new("/dev/mqueue"))?;
+    mount_fs("mqueue", "mqueue", &fd_path(&mq), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, "")
+        .context("mount /dev/mqueue")?;
+    Ok(())
+}
+
+fn open_dir_in(root: &OwnedFd, p: &str) -> Result<OwnedFd> {
+    open_in_root(root, Path::new(p), OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0).with_context(|| format!("open {p}"))
+}
+
+/// Mount one entry of the spec's mount list.
+fn mount_entry(root: &OwnedFd, m: &Mount, l: &Launch) -> Result<()> {
+    let dest = m.destination();
+    let typ = m.typ().as_deref().unwrap_or("none");
+    let opts = parse_options(m.options().as_deref().unwrap_or(&[]));
+    if dest == Path::new("/dev") {
+        return mount_dev(root, l);
+    }
+    if dest.starts_with("/dev/") && !l.privileged && ["/dev/pts", "/dev/shm", "/dev/mqueue"].contains(&dest.to_str().unwrap_or("")) {
+        return Ok(()); // made by mount_dev
+    }
+    if opts.bind {
+        let src = m.source().as_ref().context("bind mount without a source")?;
+        std::fs::metadata(src)
+            .with_context(|| format!("volume source {} does not exist; create it or fix the -v path", src.display()))?;
+        bind_into(root, src, dest, opts.recursive, opts.flags)
+            .with_context(|| format!("mount {} on {}", src.display(), dest.display()))?;
+        if !opts.propagation.is_empty() {
+            let top = open_in_root(root, dest, OFlag::O_PATH, 0)?;
+            mount(None::<&str>, &fd_path(&top), None::<&str>, opts.propagation, None::<&str>)?;
+        }
+        return Ok(());
+    }
+    let target = mkdir_all_in_root(root, dest)?;
+    let src = m.source().as_ref().map(|p| p.to_string_lossy().to_string()).unwrap_or_else(|| typ.to_string());
+    let data = opts.data.join(",");
+    match mount_fs(typ, &src, &fd_path(&target), opts.flags, &data) {
+        Ok(()) => Ok(()),
+        // A user namespace without its own network namespace may not mount sysfs: show the
+        // host's, read-only, as runc does.
+        Err(_) if typ == "sysfs" => bind_into(root, Path::new("/sys"), dest, true, MsFlags::MS_RDONLY | opts.flags),
+        // cgroup2 may be refused (no cgroup namespace, hybrid host); the container then just
+        // sees an empty /sys/fs/cgroup.
+        Err(_) if typ == "cgroup2" || typ == "cgroup" => Ok(()),
+        Err(nix::errno::Errno::EPERM) if typ == "proc" => bail!(
+            "the kernel refused to mount /proc (EPERM): parts of the host's /proc are hidden by other \
+             mounts, as inside another container; run on a host with a fully visible /proc"
+        ),
+        Err(e) => Err(e).with_context(|| format!("mount {typ} on {}", dest.display())),
+    }
+}
+
+/// runc's masked paths: files under /dev/null, directories under an empty read-only tmpfs.
+fn mask_paths(root: &OwnedFd, l: &Launch) -> Result<()> {
+    let linux = l.spec.linux().as_ref();
+    for p in linux.and_then(|x| x.masked_paths().as_ref()).into_iter().flatten() {
+        let fd = match open_in_root(root, Path::new(p), OFlag::O_PATH | OFlag::O_NOFOLLOW, 0) {
+            Ok(fd) => fd,
+            Err(_) => continue,
+        };
+        let st = nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(&fd))?;
+        let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        let r = if is_dir {
+            mount_fs("tmpfs", "tmpfs", &fd_path(&fd), MsFlags::MS_RDONLY, "size=0")
+        } else {
+            mount(Some("/dev/null"), &fd_path(&fd), None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        };
+        r.with_context(|| format!("mask {p}"))?;
+    }
+    for p in linux.and_then(|x| x.readonly_paths().as_ref()).into_iter().flatten() {
+        let fd = match open_in_root(root, Path::new(p), OFlag::O_PATH | OFlag::O_NOFOLLOW, 0) {
+            Ok(fd) => fd,
+            Err(_) => continue,
+        };
+        let path = fd_path(&fd);
+        mount(Some(&path), &path, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+            .with_context(|| format!("bind {p}"))?;
+        apply_bind_flags(root, Path::new(p), MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC)?;
+    }
+    Ok(())
+}
+
+/// Build the whole filesystem view and pivot into it. On return `/` is the container's root.
+pub fn setup(l: &Launch) -> Result<()> {
+    // Nothing we mount may propagate back to the host.
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
+        .context("make the mount namespace private")?;
+    let new_root = super::overlay::mount_root(l)?;
+    let root = open_dir(&new_root)?;
+    if l.host_rootfs {
+        // The host's /tmp stays the host's: the container starts with an empty one.
+        let tmp = mkdir_all_in_root(&root, Path::new("/tmp"))?;
+        mount_fs("tmpfs", "tmpfs", &fd_path(&tmp), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "mode=1777")
+            .context("mount /tmp")?;
+    }
+    for m in l.spec.mounts().as_deref().unwrap_or(&[]) {
+        if !has_namespace(l, LinuxNamespaceType::Network) && m.typ().as_deref() == Some("sysfs") && l.rootless {
+            bind_into(&root, Path::new("/sys"), m.destination(), true, MsFlags::MS_RDONLY)?;
+            continue;
+        }
+        mount_entry(&root, m, l)?;
+    }
+    if !l.privileged {
+        mask_paths(&root, l)?;
+    }
+    // Docker creates a missing working directory.
+    if let Some(p) = l.spec.process().as_ref() {
+        let _ = mkdir_all_in_root(&root, p.cwd());
+    }
+    let readonly = l.spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false);
+    if readonly {
+        remount_bind(&new_root, MsFlags::MS_RDONLY).context("make the root filesystem read-only")?;
+    }
+    drop(root);
+    pivot(&new_root)
+}
+
+/// pivot_root(".", ".") then detach the old root: needs no directory for the old root
+/// inside the new one (runc's technique).
+fn pivot(new_root: &Path) -> Result<()> {
+    nix::unistd::chdir(new_root).context("enter the new root")?;
+    nix::unistd::pivot_root(".", ".").context("pivot_root")?;
+    // The old root is now stacked on top of the new one at "/": detach it.
+    mount(None::<&str>, ".", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)?;
+    umount2(".", MntFlags::MNT_DETACH).context("detach the old root")?;
+    nix::unistd::chdir("/")?;
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! The parent/child channel: a SOCK_SEQPACKET pair (message boundaries, fd passing).
+//!
+//! parent -> child: `Go` once the id maps (and later cgroup, network) are in place.
+//! child -> parent: `Pty` with the terminal's master fd, or `Failed` with an exit code and
+//! one line of text. The child's end is close-on-exec, so end-of-file means the container's
+//! command was executed.
+
+use anyhow::{bail, Context, Result};
+use nix::sys::socket::{
+    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
+};
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+pub fn pair() -> Result<(OwnedFd, OwnedFd)> {
+    socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).context("socketpair")
+}
+
+/// What the child reports.
+pub enum Report {
+    Pty(OwnedFd),
+    Failed { code: i32, message: String },
+    Executed,
+}
+
+pub fn send_go(fd: &OwnedFd, winsize: Option<libc::winsize>) -> Result<()> {
+    let mut buf = vec![b'G'];
+    if let Some(ws) = winsize {
+        buf.extend_from_slice(&ws.ws_row.to_ne_bytes());
+        buf.extend_from_slice(&ws.ws_col.to_ne_bytes());
+    }
+    nix::unistd::write(fd, &buf).context("signal the container to start")?;
+    Ok(())
+}
+
+/// Child side: wait for `Go`. Returns the terminal size the parent wants, if any.
+pub fn wait_go(fd: RawFd) -> Result<Option<(u16, u16)>> {
+    let mut buf = [0u8; 16];
+    let n = loop {
+        match nix::unistd::read(fd, &mut buf) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            r => break r.context("wait for the runtime")?,
+        }
+    };
+    if n == 0 || buf[0] != b'G' {
+        bail!("the runtime went away before the container started");
+    }
+    if n >= 5 {
+        Ok(Some((u16::from_ne_bytes([buf[1], buf[2]]), u16::from_ne_bytes([buf[3], buf[4]]))))
+    } else {
+        Ok(None)
+    }
+}
+
+pub fn send_failure(fd: RawFd, code: i32, message: &str) {
+    let mut buf = format!("F{code} ").into_bytes();
+    buf.extend_from_slice(message.as_bytes());
+    buf.truncate(4000);
+    // SAFETY: write to a socket fd we hold; the result does not matter on this path.
+    unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+}
+
+pub fn send_pty(fd: RawFd, master: RawFd) -> Result<()> {
+    let fds = [master];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    sendmsg::<()>(fd, &[IoSlice::new(b"P")], &cmsg, MsgFlags::empty(), None).context("send terminal to runtime")?;
+    Ok(())
+}
+
+/// Parent side: read the next report from the child.
+pub fn recv_report(fd: &OwnedFd) -> Result<Report> {
+    let mut buf = vec![0u8; 4096];
+    let mut cmsg_space = nix::cmsg_space!([RawFd; 1]);
+    let (bytes, fds) = loop {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        match recvmsg::<()>(fd.as_raw_fd(), &mut iov, Some(&mut cmsg_space), MsgFlags::MSG_CMSG_CLOEXEC) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e).context("read from the container's setup"),
+            Ok(msg) => {
+                let mut fds = Vec::new();
+                for c in msg.cmsgs().context("control message")? {
+                    if let ControlMessageOwned::ScmRights(r) = c {
+                        fds.extend(r);
+                    }
+                }
+                break (msg.bytes, fds);
+            }
+        }
+    };
+    if bytes == 0 {
+        return Ok(Report::Executed);
+    }
+    match buf[0] {
+        b'P' => {
+            let raw = *fds.first().context("terminal message without a file descriptor")?;
+            // SAFETY: the fd arrived via SCM_RIGHTS and is ours now.
+            Ok(Report::Pty(unsafe { OwnedFd::from_raw_fd(raw) }))
+        }
+        b'F' => {
+            let text = String::from_utf8_lossy(&buf[1..bytes]).to_string();
+            let (code, message) = text.split_once(' ').unwrap_or(("125", &text));
+            Ok(Report::Failed { code: code.parse().unwrap_or(125), message: message.to_string() })
+        }
+        other => bail!("unexpected message {other:#x} from the container's setup"),
+    }
+}

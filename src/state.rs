@@ -1,0 +1,230 @@
+//! Where state lives and the per-container runtime record.
+//!
+//! A running container owns `<run dir>/<id>/` and holds an exclusive flock on its `lock`
+//! file for as long as the runtime process lives. A record whose lock is free belongs to a
+//! runtime that died (even by SIGKILL); any later command may remove it.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// The runtime's directories for the current user.
+#[derive(Debug, Clone)]
+pub struct Dirs {
+    /// Runtime state (records, locks, mount points): tmpfs-backed where possible.
+    pub run: PathBuf,
+    /// Persistent data (writable layers of containers kept after exit).
+    pub data: PathBuf,
+}
+
+fn mkdir_private(p: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(p)
+        .with_context(|| format!("cannot create {}", p.display()))
+}
+
+impl Dirs {
+    pub fn for_current_user() -> Result<Dirs> {
+        let uid = nix::unistd::geteuid().as_raw();
+        if uid == 0 {
+            return Ok(Dirs { run: "/run/rootless_container".into(), data: "/var/lib/rootless_container".into() });
+        }
+        let run = match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+            Some(d) if Path::new(&d).is_dir() => PathBuf::from(d).join("rootless_container"),
+            // Without a login session there is no XDG_RUNTIME_DIR; use a private directory
+            // in /tmp, as podman does, and refuse one that someone else owns.
+            _ => PathBuf::from(format!("/tmp/rootless_container-run-{uid}")),
+        };
+        let data = match std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+            Some(d) => PathBuf::from(d).join("rootless_container"),
+            None => {
+                let home = std::env::var_os("HOME")
+                    .filter(|h| !h.is_empty())
+                    .context("neither XDG_DATA_HOME nor HOME is set; set HOME")?;
+                PathBuf::from(home).join(".local/share/rootless_container")
+            }
+        };
+        Ok(Dirs { run, data })
+    }
+
+    /// Create the run directory and check that it is ours and private.
+    pub fn ensure_run(&self) -> Result<()> {
+        mkdir_private(&self.run)?;
+        let md = fs::symlink_metadata(&self.run)?;
+        let uid = nix::unistd::geteuid().as_raw();
+        if !md.is_dir() || md.uid() != uid || md.mode() & 0o022 != 0 {
+            bail!(
+                "{} is not a private directory owned by uid {uid}; remove it or set XDG_RUNTIME_DIR",
+                self.run.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Creating,
+    Running,
+    Exited,
+}
+
+/// What `state.json` holds for one container.
+#[derive(Debug, Serialize, Deserialize, Clone)]
+pub struct Record {
+    pub id: String,
+    pub name: String,
+    pub status: Status,
+    pub pid: i32,
+    pub rootfs: PathBuf,
+    pub command: Vec<String>,
+    pub created: u64,
+    pub exit_code: Option<i32>,
+    pub rootless: bool,
+}
+
+/// A container's live runtime record; dropping it without `keep` removes it.
+pub struct Live {
+    pub dir: PathBuf,
+    name_link: Option<PathBuf>,
+    _lock: File,
+}
+
+fn lock_is_held(lock: &Path) -> bool {
+    let Ok(f) = File::open(lock) else { return false };
+    // SAFETY: flock on an fd we own.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    r != 0
+}
+
+/// Remove records left by runtimes that died without cleaning up.
+pub fn collect_stale(run: &Path) {
+    let Ok(entries) = fs::read_dir(run) else { return };
+    for e in entries.flatten() {
+        let p = e.path();
+        let name = e.file_name();
+        if name == "names" || !p.is_dir() {
+            continue;
+        }
+        if p.join("lock").exists() && !lock_is_held(&p.join("lock")) {
+            let _ = fs::remove_dir_all(&p);
+        }
+    }
+    if let Ok(names) = fs::read_dir(run.join("names")) {
+        for n in names.flatten() {
+            let target = fs::read_link(n.path()).unwrap_or_default();
+            if !run.join(&target).exists() {
+                let _ = fs::remove_file(n.path());
+            }
+        }
+    }
+}
+
+/// Atomically write `data` to `path` (temp file + rename).
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
+    f.write_all(data)?;
+    fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))
+}
+
+impl Live {
+    /// Claim the record directory (and the name) for a new container.
+    pub fn create(run: &Path, id: &str, name: &str) -> Result<Live> {
+        let dir = run.join(id);
+        fs::DirBuilder::new().mode(0o700).create(&dir).with_context(|| format!("create {}", dir.display()))?;
+        let lock = File::create(dir.join("lock"))?;
+        // SAFETY: flock on an fd we own; held until this process exits.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            bail!("container record {} is locked by another process", dir.display());
+        }
+        let mut live = Live { dir, name_link: None, _lock: lock };
+        let names = run.join("names");
+        mkdir_private(&names)?;
+        let link = names.join(name);
+        for attempt in 0..2 {
+            match std::os::unix::fs::symlink(id, &link) {
+                Ok(()) => {
+                    live.name_link = Some(link);
+                    return Ok(live);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt == 0 => {
+                    let other = fs::read_link(&link).unwrap_or_default();
+                    let other_lock = run.join(&other).join("lock");
+                    if lock_is_held(&other_lock) {
+                        bail!(
+                            "the container name \"{name}\" is already in use by container {}; choose another --name",
+                            other.display()
+                        );
+                    }
+                    let _ = fs::remove_dir_all(run.join(&other));
+                    let _ = fs::remove_file(&link);
+                }
+                Err(e) => return Err(e).with_context(|| format!("claim name {name}")),
+            }
+        }
+        unreachable!("the loop returns or bails")
+    }
+
+    pub fn write(&self, rec: &Record) -> Result<()> {
+        write_atomic(&self.dir.join("state.json"), &serde_json::to_vec(rec)?)
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        if let Some(l) = &self.name_link {
+            let _ = fs::remove_file(l);
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A random 64-hex-digit container id (Docker's format).
+pub fn new_id() -> String {
+    let mut b = [0u8; 32];
+    if let Ok(mut f) = File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut b);
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_lifecycle_and_stale_collection() {
+        let tmp = std::env::temp_dir().join(format!("rc-state-{}", std::process::id()));
+        fs::create_dir_all(&tmp).unwrap();
+        let live = Live::create(&tmp, "abc", "web").unwrap();
+        assert!(Live::create(&tmp, "def", "web").is_err(), "a held name is refused");
+        let dir = live.dir.clone();
+        drop(live);
+        assert!(!dir.exists());
+        // A record whose lock nobody holds is stale and collected.
+        fs::create_dir_all(tmp.join("dead")).unwrap();
+        File::create(tmp.join("dead/lock")).unwrap();
+        collect_stale(&tmp);
+        assert!(!tmp.join("dead").exists());
+        fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    #[test]
+    fn ids_are_hex() {
+        let id = new_id();
+        assert_eq!(id.len(), 64);
+        assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+}
