@@ -16,7 +16,10 @@ pub struct ExitError {
 
 impl ExitError {
     pub fn new(code: i32, message: impl Into<String>) -> ExitError {
-        ExitError { code, message: message.into() }
+        ExitError {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -30,5 +33,8 @@ impl std::error::Error for ExitError {}
 
 /// The exit code an error should end the process with.
 pub fn code_of(e: &anyhow::Error) -> i32 {
-    e.chain().find_map(|c| c.downcast_ref::<ExitError>()).map(|e| e.code).unwrap_or(EXIT_RUNTIME)
+    e.chain()
+        .find_map(|c| c.downcast_ref::<ExitError>())
+        .map(|e| e.code)
+        .unwrap_or(EXIT_RUNTIME)
 }

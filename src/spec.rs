@@ -27,7 +27,10 @@ pub const DEFAULT_CAPS: [&str; 14] = [
 
 /// Every capability name the runtime knows (for --cap-add ALL and --privileged).
 pub fn all_caps() -> Vec<String> {
-    caps::all().into_iter().map(|c| c.to_string().trim_start_matches("CAP_").to_string()).collect()
+    caps::all()
+        .into_iter()
+        .map(|c| c.to_string().trim_start_matches("CAP_").to_string())
+        .collect()
 }
 
 /// runc's default masked paths.
@@ -47,7 +50,13 @@ pub const MASKED_PATHS: [&str; 12] = [
 ];
 
 /// runc's default read-only paths.
-pub const READONLY_PATHS: [&str; 5] = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+pub const READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
 
 /// Apply --cap-add/--cap-drop (names with or without CAP_, or ALL) to the default set.
 pub fn capabilities(add: &[String], drop: &[String]) -> Result<Vec<String>> {
@@ -65,7 +74,11 @@ pub fn capabilities(add: &[String], drop: &[String]) -> Result<Vec<String>> {
     let mut set: Vec<String> = if drop.iter().any(|c| c == "ALL") {
         Vec::new()
     } else {
-        DEFAULT_CAPS.iter().map(|s| s.to_string()).filter(|c| !drop.contains(c)).collect()
+        DEFAULT_CAPS
+            .iter()
+            .map(|s| s.to_string())
+            .filter(|c| !drop.contains(c))
+            .collect()
     };
     for c in add {
         if c == "ALL" {
@@ -86,7 +99,12 @@ pub struct Volume {
 }
 
 pub fn parse_volume(spec: &str) -> Result<Volume> {
-    let bad = |why: &str| ExitError::new(125, format!("invalid volume {spec:?}: {why}; the form is -v SRC:DST[:ro|rw]"));
+    let bad = |why: &str| {
+        ExitError::new(
+            125,
+            format!("invalid volume {spec:?}: {why}; the form is -v SRC:DST[:ro|rw]"),
+        )
+    };
     let parts: Vec<&str> = spec.split(':').collect();
     if parts.len() < 2 || parts.len() > 3 {
         return Err(bad("expected two or three ':'-separated fields").into());
@@ -99,7 +117,10 @@ pub fn parse_volume(spec: &str) -> Result<Volume> {
         return Err(bad("the destination must be an absolute path").into());
     }
     if !src.starts_with('/') && !src.starts_with('.') {
-        return Err(bad("named volumes are not supported; give a host path (absolute or ./relative)").into());
+        return Err(bad(
+            "named volumes are not supported; give a host path (absolute or ./relative)",
+        )
+        .into());
     }
     let mut readonly = false;
     if let Some(opts) = parts.get(2) {
@@ -113,9 +134,16 @@ pub fn parse_volume(spec: &str) -> Result<Volume> {
         }
     }
     let source = std::fs::canonicalize(src).map_err(|e| {
-        ExitError::new(125, format!("volume source {src} does not exist ({e}); create it or fix the -v path"))
+        ExitError::new(
+            125,
+            format!("volume source {src} does not exist ({e}); create it or fix the -v path"),
+        )
     })?;
-    Ok(Volume { source, destination: PathBuf::from(dst), readonly })
+    Ok(Volume {
+        source,
+        destination: PathBuf::from(dst),
+        readonly,
+    })
 }
 
 /// A resolved `--user`.
@@ -133,8 +161,14 @@ pub fn resolve_user(spec: &str, passwd: &str, group: &str) -> Result<ResolvedUse
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
-    let entries: Vec<Vec<&str>> = passwd.lines().map(|l| l.split(':').collect()).filter(|f: &Vec<&str>| f.len() >= 7).collect();
-    let found = entries.iter().find(|f| f[0] == u || (u.parse::<u32>().is_ok() && f[2] == u));
+    let entries: Vec<Vec<&str>> = passwd
+        .lines()
+        .map(|l| l.split(':').collect())
+        .filter(|f: &Vec<&str>| f.len() >= 7)
+        .collect();
+    let found = entries
+        .iter()
+        .find(|f| f[0] == u || (u.parse::<u32>().is_ok() && f[2] == u));
     let (uid, mut gid, home, name) = match (found, u.parse::<u32>()) {
         (Some(f), _) => (f[2].parse()?, f[3].parse()?, f[5].to_string(), Some(f[0])),
         (None, Ok(n)) => (n, n, "/".to_string(), None),
@@ -146,7 +180,11 @@ pub fn resolve_user(spec: &str, passwd: &str, group: &str) -> Result<ResolvedUse
             .into())
         }
     };
-    let groups: Vec<Vec<&str>> = group.lines().map(|l| l.split(':').collect()).filter(|f: &Vec<&str>| f.len() >= 4).collect();
+    let groups: Vec<Vec<&str>> = group
+        .lines()
+        .map(|l| l.split(':').collect())
+        .filter(|f: &Vec<&str>| f.len() >= 4)
+        .collect();
     if let Some(g) = g {
         gid = match groups.iter().find(|f| f[0] == g) {
             Some(f) => f[2].parse()?,
@@ -167,15 +205,27 @@ pub fn resolve_user(spec: &str, passwd: &str, group: &str) -> Result<ResolvedUse
             }
         }
     }
-    Ok(ResolvedUser { uid, gid, additional_gids, home })
+    Ok(ResolvedUser {
+        uid,
+        gid,
+        additional_gids,
+        home,
+    })
 }
 
 /// Environment: defaults, then --env-file files, then -e flags (later wins).
-pub fn environment(defaults: &[(String, String)], files: &[PathBuf], flags: &[String]) -> Result<Vec<String>> {
+pub fn environment(
+    defaults: &[(String, String)],
+    files: &[PathBuf],
+    flags: &[String],
+) -> Result<Vec<String>> {
     let mut env: Vec<(String, String)> = defaults.to_vec();
     let mut set = |k: &str, v: String| {
         if k.is_empty() || k.contains('=') || k.contains('\0') {
-            return Err(ExitError::new(125, format!("invalid environment variable name {k:?}")));
+            return Err(ExitError::new(
+                125,
+                format!("invalid environment variable name {k:?}"),
+            ));
         }
         match env.iter_mut().find(|(ek, _)| ek == k) {
             Some(e) => e.1 = v,
@@ -185,10 +235,14 @@ pub fn environment(defaults: &[(String, String)], files: &[PathBuf], flags: &[St
     };
     let mut entries: Vec<String> = Vec::new();
     for f in files {
-        let text = std::fs::read_to_string(f)
-            .map_err(|e| ExitError::new(125, format!("cannot read env file {}: {e}", f.display())))?;
+        let text = std::fs::read_to_string(f).map_err(|e| {
+            ExitError::new(125, format!("cannot read env file {}: {e}", f.display()))
+        })?;
         entries.extend(
-            text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string),
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string),
         );
     }
     entries.extend(flags.iter().cloned());
@@ -225,11 +279,21 @@ pub struct SpecInput<'a> {
 }
 
 fn maps_json(maps: &[IdMap]) -> Value {
-    Value::Array(maps.iter().map(|m| json!({"containerID": m.inside, "hostID": m.outside, "size": m.count})).collect())
+    Value::Array(
+        maps.iter()
+            .map(|m| json!({"containerID": m.inside, "hostID": m.outside, "size": m.count}))
+            .collect(),
+    )
 }
 
 pub fn build(i: SpecInput) -> Result<Spec> {
-    let mut namespaces = vec![json!({"type": "pid"}), json!({"type": "mount"}), json!({"type": "uts"}), json!({"type": "ipc"}), json!({"type": "cgroup"})];
+    let mut namespaces = vec![
+        json!({"type": "pid"}),
+        json!({"type": "mount"}),
+        json!({"type": "uts"}),
+        json!({"type": "ipc"}),
+        json!({"type": "cgroup"}),
+    ];
     if i.network_ns {
         namespaces.push(json!({"type": "network"}));
     }
@@ -254,7 +318,10 @@ pub fn build(i: SpecInput) -> Result<Spec> {
         "readonlyPaths": if i.privileged { vec![] } else { READONLY_PATHS.to_vec() },
     });
     if let Some((u, g)) = &i.userns_maps {
-        linux["namespaces"].as_array_mut().expect("array").push(json!({"type": "user"}));
+        linux["namespaces"]
+            .as_array_mut()
+            .expect("array")
+            .push(json!({"type": "user"}));
         linux["uidMappings"] = maps_json(u);
         linux["gidMappings"] = maps_json(g);
     }
@@ -293,9 +360,14 @@ mod tests {
     fn caps_add_drop() {
         let c = capabilities(&["net_admin".into()], &["CAP_CHOWN".into()]).unwrap();
         assert!(c.contains(&"NET_ADMIN".to_string()) && !c.contains(&"CHOWN".to_string()));
-        assert_eq!(capabilities(&[], &["ALL".into()]).unwrap(), Vec::<String>::new());
+        assert_eq!(
+            capabilities(&[], &["ALL".into()]).unwrap(),
+            Vec::<String>::new()
+        );
         assert!(capabilities(&["BOGUS".into()], &[]).is_err());
-        assert!(capabilities(&["ALL".into()], &[]).unwrap().contains(&"SYS_ADMIN".to_string()));
+        assert!(capabilities(&["ALL".into()], &[])
+            .unwrap()
+            .contains(&"SYS_ADMIN".to_string()));
     }
 
     #[test]
@@ -315,7 +387,10 @@ mod tests {
         let passwd = "root:x:0:0:root:/root:/bin/sh\ntuser:x:1000:1000::/home/tuser:/bin/sh\n";
         let group = "root:x:0:\nwheel:x:10:tuser\ntuser:x:1000:\n";
         let u = resolve_user("tuser", passwd, group).unwrap();
-        assert_eq!((u.uid, u.gid, u.additional_gids.clone(), u.home.as_str()), (1000, 1000, vec![10], "/home/tuser"));
+        assert_eq!(
+            (u.uid, u.gid, u.additional_gids.clone(), u.home.as_str()),
+            (1000, 1000, vec![10], "/home/tuser")
+        );
         assert_eq!(resolve_user("1000:wheel", passwd, group).unwrap().gid, 10);
         assert_eq!(resolve_user("4242", passwd, group).unwrap().uid, 4242);
         assert!(resolve_user("nobody", passwd, group).is_err());
@@ -324,7 +399,10 @@ mod tests {
 
     #[test]
     fn env_precedence() {
-        let d = vec![("PATH".to_string(), "/bin".to_string()), ("A".to_string(), "1".to_string())];
+        let d = vec![
+            ("PATH".to_string(), "/bin".to_string()),
+            ("A".to_string(), "1".to_string()),
+        ];
         let e = environment(&d, &[], &["A=2".into(), "B=x=y".into()]).unwrap();
         assert_eq!(e, vec!["PATH=/bin", "A=2", "B=x=y"]);
         assert!(environment(&d, &[], &["=x".into()]).is_err());
@@ -338,12 +416,28 @@ mod tests {
             args: vec!["/bin/true".into()],
             env: vec!["PATH=/bin".into()],
             cwd: "/".into(),
-            user: ResolvedUser { uid: 0, gid: 0, additional_gids: vec![], home: "/root".into() },
+            user: ResolvedUser {
+                uid: 0,
+                gid: 0,
+                additional_gids: vec![],
+                home: "/root".into(),
+            },
             hostname: "h".into(),
             terminal: false,
             caps: capabilities(&[], &[]).unwrap(),
             volumes: vec![],
-            userns_maps: Some((vec![IdMap { inside: 0, outside: 1000, count: 1 }], vec![IdMap { inside: 0, outside: 1000, count: 1 }])),
+            userns_maps: Some((
+                vec![IdMap {
+                    inside: 0,
+                    outside: 1000,
+                    count: 1,
+                }],
+                vec![IdMap {
+                    inside: 0,
+                    outside: 1000,
+                    count: 1,
+                }],
+            )),
             network_ns: true,
             privileged: false,
             no_new_privileges: true,
@@ -352,7 +446,13 @@ mod tests {
         let linux = s.linux().as_ref().unwrap();
         assert_eq!(linux.uid_mappings().as_ref().unwrap()[0].host_id(), 1000);
         assert_eq!(linux.namespaces().as_ref().unwrap().len(), 7);
-        let caps = s.process().as_ref().unwrap().capabilities().as_ref().unwrap();
+        let caps = s
+            .process()
+            .as_ref()
+            .unwrap()
+            .capabilities()
+            .as_ref()
+            .unwrap();
         assert_eq!(caps.bounding().as_ref().unwrap().len(), 14);
     }
 }

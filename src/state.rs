@@ -33,7 +33,10 @@ impl Dirs {
     pub fn for_current_user() -> Result<Dirs> {
         let uid = nix::unistd::geteuid().as_raw();
         if uid == 0 {
-            return Ok(Dirs { run: "/run/rootless_container".into(), data: "/var/lib/rootless_container".into() });
+            return Ok(Dirs {
+                run: "/run/rootless_container".into(),
+                data: "/var/lib/rootless_container".into(),
+            });
         }
         let run = match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
             Some(d) if Path::new(&d).is_dir() => PathBuf::from(d).join("rootless_container"),
@@ -98,7 +101,9 @@ pub struct Live {
 }
 
 fn lock_is_held(lock: &Path) -> bool {
-    let Ok(f) = File::open(lock) else { return false };
+    let Ok(f) = File::open(lock) else {
+        return false;
+    };
     // SAFETY: flock on an fd we own.
     let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     r != 0
@@ -106,7 +111,9 @@ fn lock_is_held(lock: &Path) -> bool {
 
 /// Remove records left by runtimes that died without cleaning up.
 pub fn collect_stale(run: &Path) {
-    let Ok(entries) = fs::read_dir(run) else { return };
+    let Ok(entries) = fs::read_dir(run) else {
+        return;
+    };
     for e in entries.flatten() {
         let p = e.path();
         let name = e.file_name();
@@ -139,13 +146,23 @@ impl Live {
     /// Claim the record directory (and the name) for a new container.
     pub fn create(run: &Path, id: &str, name: &str) -> Result<Live> {
         let dir = run.join(id);
-        fs::DirBuilder::new().mode(0o700).create(&dir).with_context(|| format!("create {}", dir.display()))?;
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("create {}", dir.display()))?;
         let lock = File::create(dir.join("lock"))?;
         // SAFETY: flock on an fd we own; held until this process exits.
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            bail!("container record {} is locked by another process", dir.display());
+            bail!(
+                "container record {} is locked by another process",
+                dir.display()
+            );
         }
-        let mut live = Live { dir, name_link: None, _lock: lock };
+        let mut live = Live {
+            dir,
+            name_link: None,
+            _lock: lock,
+        };
         let names = run.join("names");
         mkdir_private(&names)?;
         let link = names.join(name);
@@ -197,7 +214,10 @@ pub fn new_id() -> String {
 }
 
 pub fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -209,7 +229,10 @@ mod tests {
         let tmp = std::env::temp_dir().join(format!("rc-state-{}", std::process::id()));
         fs::create_dir_all(&tmp).unwrap();
         let live = Live::create(&tmp, "abc", "web").unwrap();
-        assert!(Live::create(&tmp, "def", "web").is_err(), "a held name is refused");
+        assert!(
+            Live::create(&tmp, "def", "web").is_err(),
+            "a held name is refused"
+        );
         let dir = live.dir.clone();
         drop(live);
         assert!(!dir.exists());

@@ -16,7 +16,13 @@ use clap::{Parser, Subcommand, ValueEnum};
 pub struct Cli {
     /// How the copy-on-write root filesystem is made: kernel overlayfs, fuse-overlayfs,
     /// a plain copy, or the first that works (auto).
-    #[arg(long, global = true, value_enum, default_value = "auto", env = "ROOTLESS_CONTAINER_OVERLAY")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "auto",
+        env = "ROOTLESS_CONTAINER_OVERLAY"
+    )]
     pub overlay: OverlayMode,
 
     #[command(subcommand)]
@@ -127,7 +133,11 @@ pub struct RunArgs {
     pub preserve_fds: u32,
 
     /// Command and arguments (default: /bin/sh)
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
     pub command: Vec<String>,
 }
 

@@ -13,17 +13,30 @@ fn fail(msg: impl Into<String>) -> anyhow::Error {
 }
 
 /// Id maps for a new user namespace and how to write them. Prints at most one warning.
-fn plan_maps(mode: UsernsMode, uid: u32, gid: u32) -> Result<(Vec<userns::IdMap>, Vec<userns::IdMap>, MapWriter)> {
-    let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten().map(|u| u.name).unwrap_or_default();
+fn plan_maps(
+    mode: UsernsMode,
+    uid: u32,
+    gid: u32,
+) -> Result<(Vec<userns::IdMap>, Vec<userns::IdMap>, MapWriter)> {
+    let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_default();
     let read = |f: &str| std::fs::read_to_string(f).unwrap_or_default();
     let subuid = userns::parse_subid(&read("/etc/subuid"), &name, uid);
     let subgid = userns::parse_subid(&read("/etc/subgid"), &name, gid);
     userns::validate_ranges("subuid", &subuid, uid).map_err(|e| fail(format!("{e:#}")))?;
     userns::validate_ranges("subgid", &subgid, gid).map_err(|e| fail(format!("{e:#}")))?;
-    let helpers = crate::util::find_in_path("newuidmap").zip(crate::util::find_in_path("newgidmap"));
+    let helpers =
+        crate::util::find_in_path("newuidmap").zip(crate::util::find_in_path("newgidmap"));
     let single = |id: u32| {
         let inside = if mode == UsernsMode::KeepId { id } else { 0 };
-        vec![userns::IdMap { inside, outside: id, count: 1 }]
+        vec![userns::IdMap {
+            inside,
+            outside: id,
+            count: 1,
+        }]
     };
     let root = uid == 0;
     let why = match (&helpers, subuid.is_empty() || subgid.is_empty()) {
@@ -42,13 +55,22 @@ fn plan_maps(mode: UsernsMode, uid: u32, gid: u32) -> Result<(Vec<userns::IdMap>
         return Ok((single(uid), single(gid), MapWriter::Direct));
     }
     let (u, g) = match mode {
-        UsernsMode::KeepId => (userns::keep_id_maps(uid, &subuid), userns::keep_id_maps(gid, &subgid)),
-        _ => (userns::auto_maps(uid, &subuid), userns::auto_maps(gid, &subgid)),
+        UsernsMode::KeepId => (
+            userns::keep_id_maps(uid, &subuid),
+            userns::keep_id_maps(gid, &subgid),
+        ),
+        _ => (
+            userns::auto_maps(uid, &subuid),
+            userns::auto_maps(gid, &subgid),
+        ),
     };
     let writer = match helpers {
         // Root may write any map itself.
         _ if root => MapWriter::Direct,
-        Some((newuidmap, newgidmap)) => MapWriter::Helpers { newuidmap, newgidmap },
+        Some((newuidmap, newgidmap)) => MapWriter::Helpers {
+            newuidmap,
+            newgidmap,
+        },
         None => MapWriter::Direct,
     };
     Ok((u, g, writer))
@@ -56,7 +78,11 @@ fn plan_maps(mode: UsernsMode, uid: u32, gid: u32) -> Result<(Vec<userns::IdMap>
 
 /// Why a user namespace cannot be created, with the fix, as far as the host tells.
 pub fn userns_hint() -> String {
-    let read = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_string()).ok();
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .map(|s| s.trim().to_string())
+            .ok()
+    };
     if read("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0") {
         return "unprivileged user namespaces are disabled; as root: sysctl -w kernel.unprivileged_userns_clone=1".into();
     }
@@ -64,15 +90,21 @@ pub fn userns_hint() -> String {
         return "AppArmor restricts unprivileged user namespaces; as root: sysctl -w kernel.apparmor_restrict_unprivileged_userns=0 (or add an AppArmor profile allowing userns for rootless_container)".into();
     }
     if read("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
-        return "user namespaces are disabled; as root: sysctl -w user.max_user_namespaces=15000".into();
+        return "user namespaces are disabled; as root: sysctl -w user.max_user_namespaces=15000"
+            .into();
     }
     "user namespaces are not allowed here (a seccomp filter in an outer container, or a kernel without CONFIG_USER_NS); run on a host that allows unprivileged user namespaces".into()
 }
 
 fn check_hostname(h: &str) -> Result<()> {
-    let ok = !h.is_empty() && h.len() <= 64 && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    let ok = !h.is_empty()
+        && h.len() <= 64
+        && h.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
     if !ok {
-        return Err(fail(format!("invalid --hostname {h:?}: use letters, digits, '-' and '.', at most 64")));
+        return Err(fail(format!(
+            "invalid --hostname {h:?}: use letters, digits, '-' and '.', at most 64"
+        )));
     }
     Ok(())
 }
@@ -81,9 +113,12 @@ fn check_name(n: &str) -> Result<()> {
     let ok = !n.is_empty()
         && n.len() <= 128
         && n.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && n.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
     if !ok {
-        return Err(fail(format!("invalid --name {n:?}: use [a-zA-Z0-9][a-zA-Z0-9_.-]*")));
+        return Err(fail(format!(
+            "invalid --name {n:?}: use [a-zA-Z0-9][a-zA-Z0-9_.-]*"
+        )));
     }
     Ok(())
 }
@@ -96,7 +131,9 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
         return Err(fail("--privileged needs root: it gives the container the host's devices and all capabilities; run without it, or as root"));
     }
     if a.userns == Some(UsernsMode::Host) && rootless {
-        return Err(fail("--userns host needs root: an unprivileged user always gets a user namespace"));
+        return Err(fail(
+            "--userns host needs root: an unprivileged user always gets a user namespace",
+        ));
     }
     if a.tty {
         crate::engine::require_terminal_stdin().map_err(|e| fail(format!("{e:#}")))?;
@@ -104,7 +141,11 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
     let network_ns = match a.network.as_str() {
         "none" => true,
         "host" => false,
-        other => return Err(fail(format!("unsupported --network {other:?}: this version supports none and host"))),
+        other => {
+            return Err(fail(format!(
+                "unsupported --network {other:?}: this version supports none and host"
+            )))
+        }
     };
     if let Some(h) = &a.hostname {
         check_hostname(h)?;
@@ -116,16 +157,28 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
     let rootfs: PathBuf = match &a.rootfs {
         None => PathBuf::from("/"),
         Some(r) => {
-            let p = std::fs::canonicalize(r)
-                .map_err(|e| fail(format!("rootfs {} does not exist ({e}); give a directory holding a root filesystem", r.display())))?;
+            let p = std::fs::canonicalize(r).map_err(|e| {
+                fail(format!(
+                    "rootfs {} does not exist ({e}); give a directory holding a root filesystem",
+                    r.display()
+                ))
+            })?;
             if !p.is_dir() {
                 return Err(fail(format!("rootfs {} is not a directory", p.display())));
             }
             p
         }
     };
-    let volumes = a.volumes.iter().map(|v| spec::parse_volume(v)).collect::<Result<Vec<_>>>()?;
-    let caps = if a.privileged { spec::all_caps() } else { spec::capabilities(&a.cap_add, &a.cap_drop).map_err(|e| fail(format!("{e:#}")))? };
+    let volumes = a
+        .volumes
+        .iter()
+        .map(|v| spec::parse_volume(v))
+        .collect::<Result<Vec<_>>>()?;
+    let caps = if a.privileged {
+        spec::all_caps()
+    } else {
+        spec::capabilities(&a.cap_add, &a.cap_drop).map_err(|e| fail(format!("{e:#}")))?
+    };
 
     // The user namespace: always rootless; as root only when asked for.
     let userns_mode = a.userns.unwrap_or(UsernsMode::Auto);
@@ -138,7 +191,8 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
     };
 
     // The user the command runs as, resolved in the container's own passwd/group files.
-    let read_etc = |f: &str| engine::fsutil::read_in_root(&rootfs, Path::new(f)).unwrap_or_default();
+    let read_etc =
+        |f: &str| engine::fsutil::read_in_root(&rootfs, Path::new(f)).unwrap_or_default();
     let (passwd, group) = (read_etc("/etc/passwd"), read_etc("/etc/group"));
     let user = match (&a.user, userns_mode) {
         (Some(u), _) => spec::resolve_user(u, &passwd, &group)?,
@@ -147,7 +201,12 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
             u.gid = egid;
             u
         }
-        (None, _) => spec::resolve_user("0", &passwd, &group).unwrap_or(ResolvedUser { uid: 0, gid: 0, additional_gids: vec![], home: "/root".into() }),
+        (None, _) => spec::resolve_user("0", &passwd, &group).unwrap_or(ResolvedUser {
+            uid: 0,
+            gid: 0,
+            additional_gids: vec![],
+            home: "/root".into(),
+        }),
     };
     if let Some((u, g)) = &maps {
         if !userns::is_mapped(u, user.uid) || !userns::is_mapped(g, user.gid) {
@@ -164,16 +223,33 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
     let id = state::new_id();
     let hostname = a.hostname.clone().unwrap_or_else(|| id[..12].to_string());
     let mut defaults = vec![
-        ("PATH".to_string(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()),
+        (
+            "PATH".to_string(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+        ),
         ("HOSTNAME".to_string(), hostname.clone()),
-        ("HOME".to_string(), if user.home.is_empty() { "/".into() } else { user.home.clone() }),
+        (
+            "HOME".to_string(),
+            if user.home.is_empty() {
+                "/".into()
+            } else {
+                user.home.clone()
+            },
+        ),
         ("container".to_string(), "rootless_container".to_string()),
     ];
     if a.tty {
-        defaults.push(("TERM".to_string(), std::env::var("TERM").unwrap_or_else(|_| "xterm".into())));
+        defaults.push((
+            "TERM".to_string(),
+            std::env::var("TERM").unwrap_or_else(|_| "xterm".into()),
+        ));
     }
     let env = spec::environment(&defaults, &a.env_file, &a.env)?;
-    let args = if a.command.is_empty() { vec!["/bin/sh".to_string()] } else { a.command.clone() };
+    let args = if a.command.is_empty() {
+        vec!["/bin/sh".to_string()]
+    } else {
+        a.command.clone()
+    };
     let cwd = a.workdir.clone().unwrap_or_else(|| "/".into());
     if !cwd.starts_with('/') {
         return Err(fail(format!("--workdir {cwd:?} must be an absolute path")));
@@ -207,13 +283,16 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
     } else {
         let base = dirs.data.join("containers").join(&id);
         for d in ["upper", "work"] {
-            std::fs::create_dir_all(base.join(d)).with_context(|| format!("create {}", base.join(d).display()))?;
+            std::fs::create_dir_all(base.join(d))
+                .with_context(|| format!("create {}", base.join(d).display()))?;
         }
         std::fs::write(base.join("config.json"), serde_json::to_vec_pretty(&oci)?)?;
-        WritableLayer::Dir { upper: base.join("upper"), work: base.join("work") }
+        WritableLayer::Dir {
+            upper: base.join("upper"),
+            work: base.join("work"),
+        }
     };
     let launch = Launch {
-        id: id.clone(),
         spec: oci,
         rootless,
         maps: writer,

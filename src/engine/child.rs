@@ -16,7 +16,10 @@ pub fn main(l: &Launch, sock: RawFd, sigs: SigSet) -> ! {
         Ok(never) => match never {},
         Err(e) => e,
     };
-    let code = err.downcast_ref::<ExitError>().map(|e| e.code).unwrap_or(EXIT_RUNTIME);
+    let code = err
+        .downcast_ref::<ExitError>()
+        .map(|e| e.code)
+        .unwrap_or(EXIT_RUNTIME);
     sync::send_failure(sock, code, &format!("{err:#}"));
     // SAFETY: leave without running the parent's atexit handlers or destructors twice.
     unsafe { libc::_exit(code) }
@@ -62,13 +65,17 @@ fn setup_and_exec(l: &Launch, sock: RawFd, sigs: SigSet) -> Result<Never> {
     // SAFETY: prctl with constant arguments.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-        // Not dumpable: container processes cannot open our /proc/<pid>/exe, mem or fds.
-        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
     }
     let winsize = sync::wait_go(sock)?;
+    // Not dumpable: container processes cannot open our /proc/<pid>/exe, mem or fds. Only
+    // now: the runtime writes our id maps and setgroups file before `go`, which a
+    // non-dumpable process's root-owned /proc entries would refuse.
+    // SAFETY: prctl with constant arguments.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     if has_ns(l, LinuxNamespaceType::Cgroup) {
         // Only now, once the runtime has placed us in our cgroup, so that it becomes our root.
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).context("create the cgroup namespace")?;
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
+            .context("create the cgroup namespace")?;
     }
     if has_ns(l, LinuxNamespaceType::Uts) {
         if let Some(h) = l.spec.hostname() {
@@ -88,8 +95,12 @@ fn setup_and_exec(l: &Launch, sock: RawFd, sigs: SigSet) -> Result<Never> {
         // A process without a terminal must not share the caller's session: TIOCSTI.
         nix::unistd::setsid().context("setsid")?;
         if !l.interactive {
-            let null = nix::fcntl::open("/dev/null", nix::fcntl::OFlag::O_RDONLY, nix::sys::stat::Mode::empty())
-                .context("open /dev/null")?;
+            let null = nix::fcntl::open(
+                "/dev/null",
+                nix::fcntl::OFlag::O_RDONLY,
+                nix::sys::stat::Mode::empty(),
+            )
+            .context("open /dev/null")?;
             nix::unistd::dup2(null, 0)?;
             let _ = nix::unistd::close(null);
         }
@@ -97,7 +108,9 @@ fn setup_and_exec(l: &Launch, sock: RawFd, sigs: SigSet) -> Result<Never> {
     security::set_rlimits(&l.spec)?;
     security::limit_capabilities(&l.spec)?;
     // Under a single-id map the runtime had to deny setgroups(2).
-    let setgroups_ok = std::fs::read_to_string("/proc/self/setgroups").map(|s| s.trim() != "deny").unwrap_or(true);
+    let setgroups_ok = std::fs::read_to_string("/proc/self/setgroups")
+        .map(|s| s.trim() != "deny")
+        .unwrap_or(true);
     security::switch_user(&l.spec, setgroups_ok)?;
     if process.no_new_privileges().unwrap_or(true) {
         security::set_no_new_privs()?;
@@ -148,11 +161,21 @@ fn reset_signals(sigs: &SigSet) {
 /// (a cwd reached through a leaked fd would not be: CVE-2024-21626).
 fn enter_workdir(cwd: &Path) -> Result<()> {
     nix::unistd::chdir(cwd).map_err(|e| {
-        ExitError::new(EXIT_RUNTIME, format!("cannot enter working directory {}: {e}", cwd.display()))
+        ExitError::new(
+            EXIT_RUNTIME,
+            format!("cannot enter working directory {}: {e}", cwd.display()),
+        )
     })?;
     match nix::unistd::getcwd() {
         Ok(p) if p.is_absolute() => Ok(()),
-        _ => Err(ExitError::new(EXIT_RUNTIME, format!("working directory {} is outside the container", cwd.display())).into()),
+        _ => Err(ExitError::new(
+            EXIT_RUNTIME,
+            format!(
+                "working directory {} is outside the container",
+                cwd.display()
+            ),
+        )
+        .into()),
     }
 }
 
@@ -161,17 +184,31 @@ fn enter_workdir(cwd: &Path) -> Result<()> {
 fn resolve_command(cmd: &str, env: &[String]) -> Result<PathBuf> {
     let check = |p: &Path| -> std::result::Result<(), (i32, String)> {
         match std::fs::metadata(p) {
-            Err(_) => Err((EXIT_NOT_FOUND, format!("{}: no such file or directory", p.display()))),
-            Ok(md) if md.is_dir() => Err((EXIT_CANNOT_INVOKE, format!("{}: is a directory", p.display()))),
-            Ok(md) if md.permissions().mode() & 0o111 == 0 || nix::unistd::access(p, nix::unistd::AccessFlags::X_OK).is_err() => {
-                Err((EXIT_CANNOT_INVOKE, format!("{}: permission denied", p.display())))
+            Err(_) => Err((
+                EXIT_NOT_FOUND,
+                format!("{}: no such file or directory", p.display()),
+            )),
+            Ok(md) if md.is_dir() => Err((
+                EXIT_CANNOT_INVOKE,
+                format!("{}: is a directory", p.display()),
+            )),
+            Ok(md)
+                if md.permissions().mode() & 0o111 == 0
+                    || nix::unistd::access(p, nix::unistd::AccessFlags::X_OK).is_err() =>
+            {
+                Err((
+                    EXIT_CANNOT_INVOKE,
+                    format!("{}: permission denied", p.display()),
+                ))
             }
             Ok(_) => Ok(()),
         }
     };
     if cmd.contains('/') {
         let p = PathBuf::from(cmd);
-        return check(&p).map(|_| p).map_err(|(c, m)| ExitError::new(c, m).into());
+        return check(&p)
+            .map(|_| p)
+            .map_err(|(c, m)| ExitError::new(c, m).into());
     }
     let path = env
         .iter()
@@ -188,13 +225,18 @@ fn resolve_command(cmd: &str, env: &[String]) -> Result<PathBuf> {
     }
     Err(match denied {
         Some(m) => ExitError::new(EXIT_CANNOT_INVOKE, m),
-        None => ExitError::new(EXIT_NOT_FOUND, format!("{cmd}: executable file not found in $PATH")),
+        None => ExitError::new(
+            EXIT_NOT_FOUND,
+            format!("{cmd}: executable file not found in $PATH"),
+        ),
     }
     .into())
 }
 
 fn exec(program: &Path, args: &[String], env: &[String]) -> Result<Never> {
-    let cstr = |s: &str| CString::new(s).map_err(|_| anyhow::anyhow!("argument contains a NUL byte: {s:?}"));
+    let cstr = |s: &str| {
+        CString::new(s).map_err(|_| anyhow::anyhow!("argument contains a NUL byte: {s:?}"))
+    };
     let prog = cstr(program.to_str().context("command path is not UTF-8")?)?;
     let argv = args.iter().map(|a| cstr(a)).collect::<Result<Vec<_>>>()?;
     let envp = env.iter().map(|a| cstr(a)).collect::<Result<Vec<_>>>()?;

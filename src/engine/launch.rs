@@ -40,7 +40,13 @@ fn clone_into_namespaces(flags: u64) -> Result<(i32, Option<OwnedFd>)> {
     };
     // SAFETY: clone3 without CLONE_VM and without a stack behaves like fork(); we are
     // single-threaded here, so the child may keep running Rust code.
-    let r = unsafe { libc::syscall(libc::SYS_clone3, &mut args as *mut CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
     if r >= 0 {
         let fd = (r > 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd) });
         return Ok((r as i32, fd));
@@ -51,7 +57,16 @@ fn clone_into_namespaces(flags: u64) -> Result<(i32, Option<OwnedFd>)> {
     }
     // Linux < 5.3: plain clone, then pidfd_open where it exists.
     // SAFETY: as above, fork-like clone.
-    let r = unsafe { libc::syscall(libc::SYS_clone, flags | libc::SIGCHLD as u64, 0usize, 0usize, 0usize, 0usize) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags | libc::SIGCHLD as u64,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
     if r < 0 {
         return Err(clone_error(std::io::Error::last_os_error()));
     }
@@ -60,13 +75,19 @@ fn clone_into_namespaces(flags: u64) -> Result<(i32, Option<OwnedFd>)> {
     }
     // SAFETY: pidfd_open on our own child.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, r as i32, 0) };
-    Ok((r as i32, (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })))
+    Ok((
+        r as i32,
+        (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) }),
+    ))
 }
 
 fn clone_error(err: std::io::Error) -> anyhow::Error {
     match err.raw_os_error() {
         Some(libc::EPERM) | Some(libc::EACCES) | Some(libc::ENOSPC) | Some(libc::EUSERS) => {
-            anyhow::anyhow!("cannot create the container's namespaces ({err}): {}", crate::cli::userns_hint())
+            anyhow::anyhow!(
+                "cannot create the container's namespaces ({err}): {}",
+                crate::cli::userns_hint()
+            )
         }
         _ => anyhow::anyhow!("clone: {err}"),
     }
@@ -74,7 +95,12 @@ fn clone_error(err: std::io::Error) -> anyhow::Error {
 
 fn namespace_flags(l: &Launch) -> u64 {
     let mut flags = 0u64;
-    let nss = l.spec.linux().as_ref().and_then(|x| x.namespaces().clone()).unwrap_or_default();
+    let nss = l
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|x| x.namespaces().clone())
+        .unwrap_or_default();
     for ns in nss.iter().filter(|n| n.path().is_none()) {
         flags |= match ns.typ() {
             LinuxNamespaceType::User => libc::CLONE_NEWUSER,
@@ -102,16 +128,27 @@ impl Drop for ChildGuard {
 }
 
 fn write_maps(l: &Launch, pid: Pid) -> Result<()> {
-    let linux = l.spec.linux().as_ref().context("spec has no linux section")?;
+    let linux = l
+        .spec
+        .linux()
+        .as_ref()
+        .context("spec has no linux section")?;
     let conv = |m: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| -> Vec<userns::IdMap> {
         m.iter()
             .flatten()
-            .map(|x| userns::IdMap { inside: x.container_id(), outside: x.host_id(), count: x.size() })
+            .map(|x| userns::IdMap {
+                inside: x.container_id(),
+                outside: x.host_id(),
+                count: x.size(),
+            })
             .collect()
     };
     let (uids, gids) = (conv(linux.uid_mappings()), conv(linux.gid_mappings()));
     match &l.maps {
-        MapWriter::Helpers { newuidmap, newgidmap } => {
+        MapWriter::Helpers {
+            newuidmap,
+            newgidmap,
+        } => {
             // Both helpers at once: each is a setuid exec, the slowest part of start-up.
             let u = userns::spawn_map_helper(newuidmap, pid, &uids)?;
             let g = userns::spawn_map_helper(newgidmap, pid, &gids)?;
@@ -129,7 +166,12 @@ fn write_maps(l: &Launch, pid: Pid) -> Result<()> {
 
 /// Run the container to completion. `on_started` is told the pid once the command runs.
 pub fn run(l: &Launch, on_started: &mut dyn FnMut(i32)) -> Result<i32> {
-    let terminal = l.spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
+    let terminal = l
+        .spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
     let (parent_sock, child_sock) = sync::pair()?;
     let mut sigs = SigSet::empty();
     for s in FORWARDED {
@@ -138,7 +180,8 @@ pub fn run(l: &Launch, on_started: &mut dyn FnMut(i32)) -> Result<i32> {
     sigs.add(Signal::SIGCHLD);
     // Blocked before clone, so that no signal and no exit is lost before the wait loop.
     let mut old = SigSet::empty();
-    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&sigs), Some(&mut old)).context("block signals")?;
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&sigs), Some(&mut old))
+        .context("block signals")?;
     let userns = namespace_flags(l) & libc::CLONE_NEWUSER as u64 != 0;
 
     let (pid, pidfd) = clone_into_namespaces(namespace_flags(l))?;
@@ -153,7 +196,11 @@ pub fn run(l: &Launch, on_started: &mut dyn FnMut(i32)) -> Result<i32> {
         write_maps(l, pid)?;
     }
     let stdin_fd = std::io::stdin().as_raw_fd();
-    let winsize = if terminal { tty::winsize_of(stdin_fd) } else { None };
+    let winsize = if terminal {
+        tty::winsize_of(stdin_fd)
+    } else {
+        None
+    };
     sync::send_go(&parent_sock, winsize)?;
 
     let mut master: Option<OwnedFd> = None;
@@ -172,30 +219,63 @@ pub fn run(l: &Launch, on_started: &mut dyn FnMut(i32)) -> Result<i32> {
     guard.0 = None;
     on_started(pid.as_raw());
 
-    let _raw = if terminal && l.interactive { Some(tty::RawMode::enter(stdin_fd)?) } else { None };
-    let status = wait_loop(pid, pidfd.as_ref(), &sigs, master.as_ref(), l.interactive && terminal)?;
+    let _raw = if terminal && l.interactive {
+        Some(tty::RawMode::enter(stdin_fd)?)
+    } else {
+        None
+    };
+    let status = wait_loop(
+        pid,
+        pidfd.as_ref(),
+        &sigs,
+        master.as_ref(),
+        l.interactive && terminal,
+    )?;
     Ok(status)
 }
 
 /// Forward signals, relay the terminal, and return the exit code (128+N for signal N).
-fn wait_loop(pid: Pid, pidfd: Option<&OwnedFd>, sigs: &SigSet, master: Option<&OwnedFd>, relay_stdin: bool) -> Result<i32> {
-    let sfd = SignalFd::with_flags(sigs, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).context("signalfd")?;
+fn wait_loop(
+    pid: Pid,
+    pidfd: Option<&OwnedFd>,
+    sigs: &SigSet,
+    master: Option<&OwnedFd>,
+    relay_stdin: bool,
+) -> Result<i32> {
+    let sfd = SignalFd::with_flags(sigs, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .context("signalfd")?;
     let stdin = 0;
     let stdout = 1;
     let mut stdin_open = relay_stdin;
     let mut master_open = master.is_some();
     loop {
-        let mut fds = vec![libc::pollfd { fd: sfd.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+        let mut fds = vec![libc::pollfd {
+            fd: sfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
         if let Some(p) = pidfd {
-            fds.push(libc::pollfd { fd: p.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+            fds.push(libc::pollfd {
+                fd: p.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
         }
         let m_idx = fds.len();
         if let (Some(m), true) = (master, master_open) {
-            fds.push(libc::pollfd { fd: m.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+            fds.push(libc::pollfd {
+                fd: m.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
         }
         let s_idx = fds.len();
         if stdin_open {
-            fds.push(libc::pollfd { fd: stdin, events: libc::POLLIN, revents: 0 });
+            fds.push(libc::pollfd {
+                fd: stdin,
+                events: libc::POLLIN,
+                revents: 0,
+            });
         }
         // SAFETY: poll over a valid array.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
@@ -208,7 +288,9 @@ fn wait_loop(pid: Pid, pidfd: Option<&OwnedFd>, sigs: &SigSet, master: Option<&O
         let mut child_gone = pidfd.is_some() && fds[1].revents != 0;
         if fds[0].revents != 0 {
             while let Ok(Some(info)) = sfd.read_signal() {
-                let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else { continue };
+                let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
+                    continue;
+                };
                 match sig {
                     Signal::SIGCHLD => child_gone |= pidfd.is_none(),
                     Signal::SIGWINCH => {
@@ -266,7 +348,13 @@ fn drain(master: RawFd, out: RawFd) {
     loop {
         // SAFETY: read into a valid buffer.
         let n = unsafe { libc::read(master, buf.as_mut_ptr().cast(), buf.len()) };
-        if n <= 0 || nix::unistd::write(unsafe { std::os::fd::BorrowedFd::borrow_raw(out) }, &buf[..n as usize]).is_err() {
+        if n <= 0
+            || nix::unistd::write(
+                unsafe { std::os::fd::BorrowedFd::borrow_raw(out) },
+                &buf[..n as usize],
+            )
+            .is_err()
+        {
             break;
         }
     }

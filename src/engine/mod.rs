@@ -25,7 +25,10 @@ pub use tty::require_terminal_stdin;
 #[derive(Debug, Clone)]
 pub enum MapWriter {
     /// Full maps through the setuid helpers from the uidmap package.
-    Helpers { newuidmap: PathBuf, newgidmap: PathBuf },
+    Helpers {
+        newuidmap: PathBuf,
+        newgidmap: PathBuf,
+    },
     /// A single line (container 0 = our uid) written by ourselves; setgroups denied.
     Direct,
 }
@@ -43,7 +46,6 @@ pub enum WritableLayer {
 /// Everything the engine needs beyond the OCI spec.
 #[derive(Debug, Clone)]
 pub struct Launch {
-    pub id: String, // used in messages and by later lifecycle commands
     pub spec: Spec,
     /// The runtime itself is unprivileged.
     pub rootless: bool,

@@ -47,14 +47,19 @@ pub fn parse_options(opts: &[String]) -> MountOptions {
                 m.recursive = true;
                 continue;
             }
-            "private" | "rprivate" | "slave" | "rslave" | "shared" | "rshared" | "unbindable" | "runbindable" => {
+            "private" | "rprivate" | "slave" | "rslave" | "shared" | "rshared" | "unbindable"
+            | "runbindable" => {
                 let base = match o.trim_start_matches('r') {
                     "private" => MsFlags::MS_PRIVATE,
                     "slave" => MsFlags::MS_SLAVE,
                     "shared" => MsFlags::MS_SHARED,
                     _ => MsFlags::MS_UNBINDABLE,
                 };
-                m.propagation = if o.starts_with('r') { base | MsFlags::MS_REC } else { base };
+                m.propagation = if o.starts_with('r') {
+                    base | MsFlags::MS_REC
+                } else {
+                    base
+                };
                 continue;
             }
             _ => {
@@ -71,7 +76,9 @@ pub fn parse_options(opts: &[String]) -> MountOptions {
 
 /// Flags of the mount holding `path` that a user namespace may not clear on remount.
 pub fn locked_flags(path: &Path) -> MsFlags {
-    let Ok(st) = nix::sys::statvfs::statvfs(path) else { return MsFlags::empty() };
+    let Ok(st) = nix::sys::statvfs::statvfs(path) else {
+        return MsFlags::empty();
+    };
     use nix::sys::statvfs::FsFlags;
     let f = st.flags();
     let mut out = MsFlags::empty();
@@ -93,22 +100,46 @@ pub fn locked_flags(path: &Path) -> MsFlags {
 /// Bind `src` onto `target` and apply `flags` (ro, nosuid, ...) with a remount, keeping
 /// the flags the source mount already has so the kernel accepts it in a user namespace.
 pub fn bind(src: &Path, target: &Path, recursive: bool, flags: MsFlags) -> Result<()> {
-    let rec = if recursive { MsFlags::MS_REC } else { MsFlags::empty() };
-    mount(Some(src), target, None::<&str>, MsFlags::MS_BIND | rec, None::<&str>)
-        .with_context(|| format!("bind mount {}", src.display()))?;
-    let wanted = flags & (MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC);
+    let rec = if recursive {
+        MsFlags::MS_REC
+    } else {
+        MsFlags::empty()
+    };
+    mount(
+        Some(src),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | rec,
+        None::<&str>,
+    )
+    .with_context(|| format!("bind mount {}", src.display()))?;
+    let wanted =
+        flags & (MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC);
     if !wanted.is_empty() {
-        remount_bind(target, wanted).with_context(|| format!("apply options to bind mount of {}", src.display()))?;
+        remount_bind(target, wanted)
+            .with_context(|| format!("apply options to bind mount of {}", src.display()))?;
     }
     Ok(())
 }
 
 pub fn remount_bind(target: &Path, flags: MsFlags) -> nix::Result<()> {
     let keep = locked_flags(target);
-    mount(None::<&str>, target, None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags | keep, None::<&str>)
+    mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags | keep,
+        None::<&str>,
+    )
 }
 
-pub fn mount_fs(fstype: &str, source: &str, target: &Path, flags: MsFlags, data: &str) -> nix::Result<()> {
+pub fn mount_fs(
+    fstype: &str,
+    source: &str,
+    target: &Path,
+    flags: MsFlags,
+    data: &str,
+) -> nix::Result<()> {
     let data = (!data.is_empty()).then_some(data);
     mount(Some(source), target, Some(fstype), flags, data)
 }
@@ -119,11 +150,20 @@ mod tests {
 
     #[test]
     fn parses_flags_and_data() {
-        let o = parse_options(&["nosuid".into(), "ro".into(), "mode=755".into(), "rbind".into(), "rprivate".into()]);
+        let o = parse_options(&[
+            "nosuid".into(),
+            "ro".into(),
+            "mode=755".into(),
+            "rbind".into(),
+            "rprivate".into(),
+        ]);
         assert_eq!(o.flags, MsFlags::MS_NOSUID | MsFlags::MS_RDONLY);
         assert_eq!(o.data, vec!["mode=755".to_string()]);
         assert!(o.bind && o.recursive);
         assert_eq!(o.propagation, MsFlags::MS_PRIVATE | MsFlags::MS_REC);
-        assert_eq!(parse_options(&["ro".into(), "rw".into()]).flags, MsFlags::empty());
+        assert_eq!(
+            parse_options(&["ro".into(), "rw".into()]).flags,
+            MsFlags::empty()
+        );
     }
 }

@@ -18,12 +18,18 @@ struct Layers {
 }
 
 fn mkdirs(p: &Path, mode: u32) -> Result<()> {
-    fs::DirBuilder::new().recursive(true).mode(mode).create(p).with_context(|| format!("create {}", p.display()))
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(p)
+        .with_context(|| format!("create {}", p.display()))
 }
 
 /// overlayfs splits its options on ',' and ':'; such paths cannot be passed safely.
 fn check_path(p: &Path) -> Result<String> {
-    let s = p.to_str().with_context(|| format!("path {} is not UTF-8", p.display()))?;
+    let s = p
+        .to_str()
+        .with_context(|| format!("path {} is not UTF-8", p.display()))?;
     if s.contains([',', ':', '\\']) {
         bail!("path {s} contains ',', ':' or '\\', which overlayfs cannot take; move it");
     }
@@ -50,7 +56,11 @@ fn fuse_overlay(l: &Layers) -> Result<()> {
     let Some(bin) = crate::util::find_in_path("fuse-overlayfs") else {
         bail!("fuse-overlayfs is not installed (apt install fuse-overlayfs)");
     };
-    if let Err(e) = fs::OpenOptions::new().read(true).write(true).open("/dev/fuse") {
+    if let Err(e) = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+    {
         bail!(
             "cannot open /dev/fuse ({e}): hosts without udev leave it mode 0600; as root run \
              `chmod 0666 /dev/fuse` (what a distribution's udev rules do)"
@@ -73,7 +83,10 @@ fn fuse_overlay(l: &Layers) -> Result<()> {
         .output()
         .context("start fuse-overlayfs")?;
     if !out.status.success() {
-        bail!("fuse-overlayfs failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "fuse-overlayfs failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -115,7 +128,12 @@ fn copy_root(l: &Layers) -> Result<()> {
 }
 
 /// Mount one overlay following the chain; returns the mode that worked.
-fn mount_layers(l: &Layers, mode: OverlayMode, rootless: bool, copy_ok: bool) -> Result<OverlayMode> {
+fn mount_layers(
+    l: &Layers,
+    mode: OverlayMode,
+    rootless: bool,
+    copy_ok: bool,
+) -> Result<OverlayMode> {
     match mode {
         OverlayMode::Kernel => kernel_overlay(l, rootless).map(|_| OverlayMode::Kernel),
         OverlayMode::Fuse => fuse_overlay(l).map(|_| OverlayMode::Fuse),
@@ -145,12 +163,19 @@ fn mount_layers(l: &Layers, mode: OverlayMode, rootless: bool, copy_ok: bool) ->
 
 /// Host mount points below `/`, except the pseudo filesystems the container gets its own of.
 fn host_submounts() -> Vec<PathBuf> {
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
     let mut out: Vec<PathBuf> = Vec::new();
     for line in info.lines() {
-        let Some(mp) = line.split(' ').nth(4) else { continue };
+        let Some(mp) = line.split(' ').nth(4) else {
+            continue;
+        };
         let p = PathBuf::from(mp.replace("\\040", " "));
-        if p != Path::new("/") && !HOST_SKIPPED.iter().any(|s| p.starts_with(s)) && !out.contains(&p) {
+        if p != Path::new("/")
+            && !HOST_SKIPPED.iter().any(|s| p.starts_with(s))
+            && !out.contains(&p)
+        {
             out.push(p);
         }
     }
@@ -164,13 +189,20 @@ const HOST_SKIPPED: [&str; 5] = ["/proc", "/sys", "/dev", "/run", "/tmp"];
 /// directory. One overlay of `/` itself is refused in a user namespace (its locked
 /// submounts make overlayfs' private clone of the lower layer fail), but a directory
 /// without submounts below it is accepted.
-fn mount_host_root(l: &Launch, scratch: &Path, mode: OverlayMode) -> Result<PathBuf> {
+fn mount_host_root(l: &Launch, scratch: &Path, mode: OverlayMode) -> Result<MountedRoot> {
     let target = scratch.join("merged");
     mkdirs(&target, 0o755)?;
-    mount_fs("tmpfs", "rootless_container", &target, MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "mode=0755")
-        .context("mount the container's root tmpfs")?;
+    mount_fs(
+        "tmpfs",
+        "rootless_container",
+        &target,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        "mode=0755",
+    )
+    .context("mount the container's root tmpfs")?;
     let submounts = host_submounts();
     let mut mode = mode;
+    let mut fuse = false;
     for (i, entry) in fs::read_dir("/").context("read /")?.flatten().enumerate() {
         let host = entry.path();
         let dst = target.join(entry.file_name());
@@ -191,7 +223,12 @@ fn mount_host_root(l: &Launch, scratch: &Path, mode: OverlayMode) -> Result<Path
         }
         let nested: Vec<&PathBuf> = submounts.iter().filter(|m| m.starts_with(&host)).collect();
         let s = scratch.join(format!("layer{i}"));
-        let layers = Layers { lower: host.clone(), upper: s.join("upper"), work: s.join("work"), target: dst.clone() };
+        let layers = Layers {
+            lower: host.clone(),
+            upper: s.join("upper"),
+            work: s.join("work"),
+            target: dst.clone(),
+        };
         mkdirs(&layers.upper, 0o755)?;
         mkdirs(&layers.work, 0o755)?;
         let mounted = if nested.iter().any(|m| **m == host) {
@@ -203,6 +240,7 @@ fn mount_host_root(l: &Launch, scratch: &Path, mode: OverlayMode) -> Result<Path
             Ok(used) => {
                 // Later directories need not retry a method that failed.
                 mode = used;
+                fuse |= used == OverlayMode::Fuse;
                 // overlayfs does not cross mount points: lay the host's submounts over it.
                 for sub in nested {
                     let sd = target.join(super::fsutil::relative(sub));
@@ -216,16 +254,34 @@ fn mount_host_root(l: &Launch, scratch: &Path, mode: OverlayMode) -> Result<Path
                 .with_context(|| format!("show the host's {} in the container", host.display()))?,
         }
     }
-    Ok(target)
+    Ok(MountedRoot { path: target, fuse })
 }
 
-/// Mount the container's root filesystem and return the directory it is mounted on.
-pub fn mount_root(l: &Launch) -> Result<PathBuf> {
-    let lower = l.spec.root().as_ref().context("spec has no root")?.path().clone();
+/// The mounted root: where it is, and whether fuse-overlayfs daemons serve it.
+pub struct MountedRoot {
+    pub path: PathBuf,
+    pub fuse: bool,
+}
+
+/// Mount the container's root filesystem.
+pub fn mount_root(l: &Launch) -> Result<MountedRoot> {
+    let lower = l
+        .spec
+        .root()
+        .as_ref()
+        .context("spec has no root")?
+        .path()
+        .clone();
     let (upper, work, target) = match &l.layer {
         WritableLayer::Tmpfs => {
-            mount_fs("tmpfs", "rootless_container", &l.mountpoint, MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "mode=0755")
-                .context("mount the tmpfs that holds the writable layer")?;
+            mount_fs(
+                "tmpfs",
+                "rootless_container",
+                &l.mountpoint,
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                "mode=0755",
+            )
+            .context("mount the tmpfs that holds the writable layer")?;
             let s = &l.mountpoint;
             (s.join("upper"), s.join("work"), s.join("merged"))
         }
@@ -237,14 +293,25 @@ pub fn mount_root(l: &Launch) -> Result<PathBuf> {
             mkdirs(&target, 0o755)?;
             bind(Path::new("/"), &target, true, MsFlags::empty())?;
             remount_bind(&target, MsFlags::MS_RDONLY).context("make the host root read-only")?;
-            return Ok(target);
+            return Ok(MountedRoot {
+                path: target,
+                fuse: false,
+            });
         }
         return mount_host_root(l, &l.mountpoint, l.overlay);
     }
     for d in [&upper, &work, &target] {
         mkdirs(d, 0o755)?;
     }
-    let layers = Layers { lower, upper, work, target: target.clone() };
-    mount_layers(&layers, l.overlay, l.rootless, true)?;
-    Ok(target)
+    let layers = Layers {
+        lower,
+        upper,
+        work,
+        target: target.clone(),
+    };
+    let used = mount_layers(&layers, l.overlay, l.rootless, true)?;
+    Ok(MountedRoot {
+        path: target,
+        fuse: used == OverlayMode::Fuse,
+    })
 }

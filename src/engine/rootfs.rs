@@ -23,20 +23,33 @@ fn has_namespace(l: &Launch, t: LinuxNamespaceType) -> bool {
 
 /// Bind `src` onto `dest` inside the root, then apply `flags` on the new mount (reached
 /// by resolving `dest` again: the fd we mounted on still points below the new mount).
-fn bind_into(root: &OwnedFd, src: &Path, dest: &Path, recursive: bool, flags: MsFlags) -> Result<()> {
+fn bind_into(
+    root: &OwnedFd,
+    src: &Path,
+    dest: &Path,
+    recursive: bool,
+    flags: MsFlags,
+) -> Result<()> {
     let is_dir = std::fs::metadata(src).map(|m| m.is_dir()).unwrap_or(true);
-    let target = if is_dir { mkdir_all_in_root(root, dest)? } else { touch_in_root(root, dest)? };
+    let target = if is_dir {
+        mkdir_all_in_root(root, dest)?
+    } else {
+        touch_in_root(root, dest)?
+    };
     bind(src, &fd_path(&target), recursive, MsFlags::empty())?;
     apply_bind_flags(root, dest, flags)
 }
 
 fn apply_bind_flags(root: &OwnedFd, dest: &Path, flags: MsFlags) -> Result<()> {
-    let wanted = flags & (MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC);
+    let wanted =
+        flags & (MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC);
     if wanted.is_empty() {
         return Ok(());
     }
-    let top = open_in_root(root, dest, OFlag::O_PATH, 0).with_context(|| format!("reopen {}", dest.display()))?;
-    remount_bind(&fd_path(&top), wanted).with_context(|| format!("apply mount options to {}", dest.display()))
+    let top = open_in_root(root, dest, OFlag::O_PATH, 0)
+        .with_context(|| format!("reopen {}", dest.display()))?;
+    remount_bind(&fd_path(&top), wanted)
+        .with_context(|| format!("apply mount options to {}", dest.display()))
 }
 
 /// Mount /dev: a tmpfs with the standard nodes, a private devpts, shm and mqueue.
@@ -44,16 +57,34 @@ fn mount_dev(root: &OwnedFd, l: &Launch) -> Result<()> {
     let dev = mkdir_all_in_root(root, Path::new("/dev"))?;
     if l.privileged {
         drop(dev);
-        return bind_into(root, Path::new("/dev"), Path::new("/dev"), true, MsFlags::empty());
+        return bind_into(
+            root,
+            Path::new("/dev"),
+            Path::new("/dev"),
+            true,
+            MsFlags::empty(),
+        );
     }
-    mount_fs("tmpfs", "tmpfs", &fd_path(&dev), MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME, "mode=755,size=65536k")
-        .context("mount tmpfs on /dev")?;
+    mount_fs(
+        "tmpfs",
+        "tmpfs",
+        &fd_path(&dev),
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        "mode=755,size=65536k",
+    )
+    .context("mount tmpfs on /dev")?;
     for name in DEVICES {
         let host = Path::new("/dev").join(name);
         if !host.exists() {
             continue;
         }
-        bind_into(root, &host, &Path::new("/dev").join(name), false, MsFlags::empty())?;
+        bind_into(
+            root,
+            &host,
+            &Path::new("/dev").join(name),
+            false,
+            MsFlags::empty(),
+        )?;
     }
     let devfd = open_dir_in(root, "/dev")?;
     for (link, to) in [
@@ -70,9 +101,23 @@ fn mount_dev(root: &OwnedFd, l: &Launch) -> Result<()> {
     let pts = mkdir_all_in_root(root, Path::new("/dev/pts"))?;
     let ptsflags = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
     // gid=5 (tty) only exists when it is mapped; a single-id map has no group 5.
-    if mount_fs("devpts", "devpts", &fd_path(&pts), ptsflags, "newinstance,ptmxmode=0666,mode=0620,gid=5").is_err() {
-        mount_fs("devpts", "devpts", &fd_path(&pts), ptsflags, "newinstance,ptmxmode=0666,mode=0620")
-            .context("mount devpts on /dev/pts")?;
+    if mount_fs(
+        "devpts",
+        "devpts",
+        &fd_path(&pts),
+        ptsflags,
+        "newinstance,ptmxmode=0666,mode=0620,gid=5",
+    )
+    .is_err()
+    {
+        mount_fs(
+            "devpts",
+            "devpts",
+            &fd_path(&pts),
+            ptsflags,
+            "newinstance,ptmxmode=0666,mode=0620",
+        )
+        .context("mount devpts on /dev/pts")?;
     }
     let shm = mkdir_all_in_root(root, Path::new("/dev/shm"))?;
     mount_fs(
@@ -84,13 +129,20 @@ fn mount_dev(root: &OwnedFd, l: &Launch) -> Result<()> {
     )
     .context("mount /dev/shm")?;
     let mq = mkdir_all_in_root(root, Path::new("/dev/mqueue"))?;
-    mount_fs("mqueue", "mqueue", &fd_path(&mq), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, "")
-        .context("mount /dev/mqueue")?;
+    mount_fs(
+        "mqueue",
+        "mqueue",
+        &fd_path(&mq),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        "",
+    )
+    .context("mount /dev/mqueue")?;
     Ok(())
 }
 
 fn open_dir_in(root: &OwnedFd, p: &str) -> Result<OwnedFd> {
-    open_in_root(root, Path::new(p), OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0).with_context(|| format!("open {p}"))
+    open_in_root(root, Path::new(p), OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0)
+        .with_context(|| format!("open {p}"))
 }
 
 /// Mount one entry of the spec's mount list.
@@ -101,23 +153,40 @@ fn mount_entry(root: &OwnedFd, m: &Mount, l: &Launch) -> Result<()> {
     if dest == Path::new("/dev") {
         return mount_dev(root, l);
     }
-    if dest.starts_with("/dev/") && !l.privileged && ["/dev/pts", "/dev/shm", "/dev/mqueue"].contains(&dest.to_str().unwrap_or("")) {
+    if dest.starts_with("/dev/")
+        && !l.privileged
+        && ["/dev/pts", "/dev/shm", "/dev/mqueue"].contains(&dest.to_str().unwrap_or(""))
+    {
         return Ok(()); // made by mount_dev
     }
     if opts.bind {
         let src = m.source().as_ref().context("bind mount without a source")?;
-        std::fs::metadata(src)
-            .with_context(|| format!("volume source {} does not exist; create it or fix the -v path", src.display()))?;
+        std::fs::metadata(src).with_context(|| {
+            format!(
+                "volume source {} does not exist; create it or fix the -v path",
+                src.display()
+            )
+        })?;
         bind_into(root, src, dest, opts.recursive, opts.flags)
             .with_context(|| format!("mount {} on {}", src.display(), dest.display()))?;
         if !opts.propagation.is_empty() {
             let top = open_in_root(root, dest, OFlag::O_PATH, 0)?;
-            mount(None::<&str>, &fd_path(&top), None::<&str>, opts.propagation, None::<&str>)?;
+            mount(
+                None::<&str>,
+                &fd_path(&top),
+                None::<&str>,
+                opts.propagation,
+                None::<&str>,
+            )?;
         }
         return Ok(());
     }
     let target = mkdir_all_in_root(root, dest)?;
-    let src = m.source().as_ref().map(|p| p.to_string_lossy().to_string()).unwrap_or_else(|| typ.to_string());
+    let src = m
+        .source()
+        .as_ref()
+        .map(|p| p.to_string_lossy().to_string())
+        .unwrap_or_else(|| typ.to_string());
     let data = opts.data.join(",");
     match mount_fs(typ, &src, &fd_path(&target), opts.flags, &data) {
         Ok(()) => Ok(()),
@@ -138,7 +207,11 @@ fn mount_entry(root: &OwnedFd, m: &Mount, l: &Launch) -> Result<()> {
 /// runc's masked paths: files under /dev/null, directories under an empty read-only tmpfs.
 fn mask_paths(root: &OwnedFd, l: &Launch) -> Result<()> {
     let linux = l.spec.linux().as_ref();
-    for p in linux.and_then(|x| x.masked_paths().as_ref()).into_iter().flatten() {
+    for p in linux
+        .and_then(|x| x.masked_paths().as_ref())
+        .into_iter()
+        .flatten()
+    {
         let fd = match open_in_root(root, Path::new(p), OFlag::O_PATH | OFlag::O_NOFOLLOW, 0) {
             Ok(fd) => fd,
             Err(_) => continue,
@@ -146,21 +219,47 @@ fn mask_paths(root: &OwnedFd, l: &Launch) -> Result<()> {
         let st = nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(&fd))?;
         let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
         let r = if is_dir {
-            mount_fs("tmpfs", "tmpfs", &fd_path(&fd), MsFlags::MS_RDONLY, "size=0")
+            mount_fs(
+                "tmpfs",
+                "tmpfs",
+                &fd_path(&fd),
+                MsFlags::MS_RDONLY,
+                "size=0",
+            )
         } else {
-            mount(Some("/dev/null"), &fd_path(&fd), None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            mount(
+                Some("/dev/null"),
+                &fd_path(&fd),
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
         };
         r.with_context(|| format!("mask {p}"))?;
     }
-    for p in linux.and_then(|x| x.readonly_paths().as_ref()).into_iter().flatten() {
+    for p in linux
+        .and_then(|x| x.readonly_paths().as_ref())
+        .into_iter()
+        .flatten()
+    {
         let fd = match open_in_root(root, Path::new(p), OFlag::O_PATH | OFlag::O_NOFOLLOW, 0) {
             Ok(fd) => fd,
             Err(_) => continue,
         };
         let path = fd_path(&fd);
-        mount(Some(&path), &path, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-            .with_context(|| format!("bind {p}"))?;
-        apply_bind_flags(root, Path::new(p), MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC)?;
+        mount(
+            Some(&path),
+            &path,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .with_context(|| format!("bind {p}"))?;
+        apply_bind_flags(
+            root,
+            Path::new(p),
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        )?;
     }
     Ok(())
 }
@@ -168,19 +267,48 @@ fn mask_paths(root: &OwnedFd, l: &Launch) -> Result<()> {
 /// Build the whole filesystem view and pivot into it. On return `/` is the container's root.
 pub fn setup(l: &Launch) -> Result<()> {
     // Nothing we mount may propagate back to the host.
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
-        .context("make the mount namespace private")?;
-    let new_root = super::overlay::mount_root(l)?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .context("make the mount namespace private")?;
+    let mounted = super::overlay::mount_root(l)?;
+    if mounted.fuse {
+        // pivot_root moves the root of every process of the mount namespace, the
+        // fuse-overlayfs daemons included, which would then serve lookups through their own
+        // mount and deadlock. Leave them behind in this namespace and pivot in a copy.
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+            .context("new mount namespace for the container")?;
+    }
+    let new_root = mounted.path;
     let root = open_dir(&new_root)?;
     if l.host_rootfs {
         // The host's /tmp stays the host's: the container starts with an empty one.
         let tmp = mkdir_all_in_root(&root, Path::new("/tmp"))?;
-        mount_fs("tmpfs", "tmpfs", &fd_path(&tmp), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "mode=1777")
-            .context("mount /tmp")?;
+        mount_fs(
+            "tmpfs",
+            "tmpfs",
+            &fd_path(&tmp),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            "mode=1777",
+        )
+        .context("mount /tmp")?;
     }
     for m in l.spec.mounts().as_deref().unwrap_or(&[]) {
-        if !has_namespace(l, LinuxNamespaceType::Network) && m.typ().as_deref() == Some("sysfs") && l.rootless {
-            bind_into(&root, Path::new("/sys"), m.destination(), true, MsFlags::MS_RDONLY)?;
+        if !has_namespace(l, LinuxNamespaceType::Network)
+            && m.typ().as_deref() == Some("sysfs")
+            && l.rootless
+        {
+            bind_into(
+                &root,
+                Path::new("/sys"),
+                m.destination(),
+                true,
+                MsFlags::MS_RDONLY,
+            )?;
             continue;
         }
         mount_entry(&root, m, l)?;
@@ -192,9 +320,15 @@ pub fn setup(l: &Launch) -> Result<()> {
     if let Some(p) = l.spec.process().as_ref() {
         let _ = mkdir_all_in_root(&root, p.cwd());
     }
-    let readonly = l.spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false);
+    let readonly = l
+        .spec
+        .root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false);
     if readonly {
-        remount_bind(&new_root, MsFlags::MS_RDONLY).context("make the root filesystem read-only")?;
+        remount_bind(&new_root, MsFlags::MS_RDONLY)
+            .context("make the root filesystem read-only")?;
     }
     drop(root);
     pivot(&new_root)
@@ -206,7 +340,13 @@ fn pivot(new_root: &Path) -> Result<()> {
     nix::unistd::chdir(new_root).context("enter the new root")?;
     nix::unistd::pivot_root(".", ".").context("pivot_root")?;
     // The old root is now stacked on top of the new one at "/": detach it.
-    mount(None::<&str>, ".", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)?;
+    mount(
+        None::<&str>,
+        ".",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )?;
     umount2(".", MntFlags::MNT_DETACH).context("detach the old root")?;
     nix::unistd::chdir("/")?;
     Ok(())

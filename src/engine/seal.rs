@@ -7,7 +7,8 @@ use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 
-const WANTED_SEALS: libc::c_int = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+const WANTED_SEALS: libc::c_int =
+    libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
 
 fn is_sealed(exe: &File) -> bool {
     // SAFETY: fcntl on an fd we own; F_GET_SEALS fails with EINVAL on non-memfd files.
@@ -31,7 +32,8 @@ pub fn ensure_sealed_exe() -> Result<()> {
     }
     let name = CString::new("rootless_container").expect("no NUL");
     // SAFETY: memfd_create with a valid name; the fd is owned by `memfd` below.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error()).context("memfd_create");
     }
@@ -41,7 +43,14 @@ pub fn ensure_sealed_exe() -> Result<()> {
     let mut copied = 0usize;
     while copied < len {
         // SAFETY: both fds are valid; sendfile copies within the kernel.
-        let n = unsafe { libc::sendfile(memfd.as_raw_fd(), exe.as_raw_fd(), std::ptr::null_mut(), len - copied) };
+        let n = unsafe {
+            libc::sendfile(
+                memfd.as_raw_fd(),
+                exe.as_raw_fd(),
+                std::ptr::null_mut(),
+                len - copied,
+            )
+        };
         if n < 0 {
             return Err(std::io::Error::last_os_error()).context("copy runtime binary into memfd");
         }
@@ -55,7 +64,10 @@ pub fn ensure_sealed_exe() -> Result<()> {
         return Err(std::io::Error::last_os_error()).context("seal memfd");
     }
     let args: Vec<CString> = std::env::args_os()
-        .map(|a| CString::new(std::os::unix::ffi::OsStrExt::as_bytes(a.as_os_str())).expect("argv has no NUL"))
+        .map(|a| {
+            CString::new(std::os::unix::ffi::OsStrExt::as_bytes(a.as_os_str()))
+                .expect("argv has no NUL")
+        })
         .collect();
     let env: Vec<CString> = std::env::vars_os()
         .map(|(k, v)| {

@@ -9,7 +9,11 @@ use std::str::FromStr;
 
 fn spec_bounding(spec: &Spec) -> CapsHashSet {
     let mut set = CapsHashSet::new();
-    let bounding = spec.process().as_ref().and_then(|p| p.capabilities().as_ref()).and_then(|c| c.bounding().as_ref());
+    let bounding = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.capabilities().as_ref())
+        .and_then(|c| c.bounding().as_ref());
     for c in bounding.into_iter().flatten() {
         // oci-spec prints SYS_ADMIN; the caps crate parses CAP_SYS_ADMIN.
         if let Ok(cap) = Capability::from_str(&format!("CAP_{c}")) {
@@ -41,11 +45,21 @@ pub fn limit_capabilities(spec: &Spec) -> Result<()> {
 
 /// Become the spec's user. `setgroups_allowed` is false under a single-id map.
 pub fn switch_user(spec: &Spec, setgroups_allowed: bool) -> Result<()> {
-    let user = spec.process().as_ref().context("spec has no process")?.user();
+    let user = spec
+        .process()
+        .as_ref()
+        .context("spec has no process")?
+        .user();
     let gid = Gid::from_raw(user.gid());
     let uid = Uid::from_raw(user.uid());
     if setgroups_allowed {
-        let extra: Vec<Gid> = user.additional_gids().as_deref().unwrap_or(&[]).iter().map(|g| Gid::from_raw(*g)).collect();
+        let extra: Vec<Gid> = user
+            .additional_gids()
+            .as_deref()
+            .unwrap_or(&[])
+            .iter()
+            .map(|g| Gid::from_raw(*g))
+            .collect();
         nix::unistd::setgroups(&extra).context("set supplementary groups")?;
     }
     nix::unistd::setresgid(gid, gid, gid).with_context(|| format!("switch to group {gid}"))?;
@@ -83,7 +97,10 @@ pub fn set_rlimits(spec: &Spec) -> Result<()> {
             "RLIMIT_RTTIME" => libc::RLIMIT_RTTIME,
             _ => continue,
         };
-        let lim = libc::rlimit { rlim_cur: r.soft(), rlim_max: r.hard() };
+        let lim = libc::rlimit {
+            rlim_cur: r.soft(),
+            rlim_max: r.hard(),
+        };
         // SAFETY: setrlimit with a valid struct.
         if unsafe { libc::setrlimit(res, &lim) } != 0 {
             return Err(std::io::Error::last_os_error()).context("set resource limit");
@@ -95,7 +112,14 @@ pub fn set_rlimits(spec: &Spec) -> Result<()> {
 /// Mark every fd from `first` up close-on-exec, so only 0..first reach the command.
 pub fn close_fds_from(first: u32) -> Result<()> {
     // SAFETY: close_range with CLOEXEC only sets flags.
-    let r = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
     if r == 0 {
         return Ok(());
     }

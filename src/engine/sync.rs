@@ -7,13 +7,20 @@
 
 use anyhow::{bail, Context, Result};
 use nix::sys::socket::{
-    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
+    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockFlag, SockType,
 };
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 pub fn pair() -> Result<(OwnedFd, OwnedFd)> {
-    socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).context("socketpair")
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .context("socketpair")
 }
 
 /// What the child reports.
@@ -46,7 +53,10 @@ pub fn wait_go(fd: RawFd) -> Result<Option<(u16, u16)>> {
         bail!("the runtime went away before the container started");
     }
     if n >= 5 {
-        Ok(Some((u16::from_ne_bytes([buf[1], buf[2]]), u16::from_ne_bytes([buf[3], buf[4]]))))
+        Ok(Some((
+            u16::from_ne_bytes([buf[1], buf[2]]),
+            u16::from_ne_bytes([buf[3], buf[4]]),
+        )))
     } else {
         Ok(None)
     }
@@ -63,7 +73,8 @@ pub fn send_failure(fd: RawFd, code: i32, message: &str) {
 pub fn send_pty(fd: RawFd, master: RawFd) -> Result<()> {
     let fds = [master];
     let cmsg = [ControlMessage::ScmRights(&fds)];
-    sendmsg::<()>(fd, &[IoSlice::new(b"P")], &cmsg, MsgFlags::empty(), None).context("send terminal to runtime")?;
+    sendmsg::<()>(fd, &[IoSlice::new(b"P")], &cmsg, MsgFlags::empty(), None)
+        .context("send terminal to runtime")?;
     Ok(())
 }
 
@@ -73,7 +84,12 @@ pub fn recv_report(fd: &OwnedFd) -> Result<Report> {
     let mut cmsg_space = nix::cmsg_space!([RawFd; 1]);
     let (bytes, fds) = loop {
         let mut iov = [IoSliceMut::new(&mut buf)];
-        match recvmsg::<()>(fd.as_raw_fd(), &mut iov, Some(&mut cmsg_space), MsgFlags::MSG_CMSG_CLOEXEC) {
+        match recvmsg::<()>(
+            fd.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg_space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(e).context("read from the container's setup"),
             Ok(msg) => {
@@ -92,14 +108,19 @@ pub fn recv_report(fd: &OwnedFd) -> Result<Report> {
     }
     match buf[0] {
         b'P' => {
-            let raw = *fds.first().context("terminal message without a file descriptor")?;
+            let raw = *fds
+                .first()
+                .context("terminal message without a file descriptor")?;
             // SAFETY: the fd arrived via SCM_RIGHTS and is ours now.
             Ok(Report::Pty(unsafe { OwnedFd::from_raw_fd(raw) }))
         }
         b'F' => {
             let text = String::from_utf8_lossy(&buf[1..bytes]).to_string();
             let (code, message) = text.split_once(' ').unwrap_or(("125", &text));
-            Ok(Report::Failed { code: code.parse().unwrap_or(125), message: message.to_string() })
+            Ok(Report::Failed {
+                code: code.parse().unwrap_or(125),
+                message: message.to_string(),
+            })
         }
         other => bail!("unexpected message {other:#x} from the container's setup"),
     }

@@ -23,19 +23,43 @@ pub fn apply_winsize(fd: RawFd, ws: &libc::winsize) {
 /// Child side, after pivot_root: open a pty on the container's devpts, make it the
 /// controlling terminal of a new session and the command's stdio. Returns the master.
 pub fn make_container_pty(size: Option<(u16, u16)>) -> Result<OwnedFd> {
-    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).context("open /dev/ptmx")?;
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .context("open /dev/ptmx")?;
     nix::pty::grantpt(&master).context("grantpt")?;
     nix::pty::unlockpt(&master).context("unlockpt")?;
     let name = nix::pty::ptsname_r(&master).context("ptsname")?;
     if let Some((rows, cols)) = size {
-        apply_winsize(master.as_raw_fd(), &libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 });
+        apply_winsize(
+            master.as_raw_fd(),
+            &libc::winsize {
+                ws_row: rows,
+                ws_col: cols,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            },
+        );
     }
-    let slave = nix::fcntl::open(name.as_str(), OFlag::O_RDWR | OFlag::O_NOCTTY, nix::sys::stat::Mode::empty())
-        .with_context(|| format!("open {name}"))?;
+    let slave = nix::fcntl::open(
+        name.as_str(),
+        OFlag::O_RDWR | OFlag::O_NOCTTY,
+        nix::sys::stat::Mode::empty(),
+    )
+    .with_context(|| format!("open {name}"))?;
     // /dev/console is what init systems and some shells look for.
-    if let Ok(console) = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open("/dev/console") {
+    if let Ok(console) = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/dev/console")
+    {
         drop(console);
-        let _ = nix::mount::mount(Some(name.as_str()), "/dev/console", None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>);
+        let _ = nix::mount::mount(
+            Some(name.as_str()),
+            "/dev/console",
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        );
     }
     nix::unistd::setsid().context("setsid")?;
     // SAFETY: make the slave our controlling terminal.

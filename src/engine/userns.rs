@@ -43,7 +43,11 @@ pub fn validate_ranges(kind: &str, ranges: &[SubIdRange], own: u32) -> Result<()
     for r in ranges {
         let end = r.start as u64 + r.count as u64;
         if end > u32::MAX as u64 {
-            bail!("/etc/{kind} range {}:{} overflows 32-bit ids; fix the entry", r.start, r.count);
+            bail!(
+                "/etc/{kind} range {}:{} overflows 32-bit ids; fix the entry",
+                r.start,
+                r.count
+            );
         }
         if (r.start as u64..end).contains(&(own as u64)) {
             bail!(
@@ -60,10 +64,18 @@ pub fn validate_ranges(kind: &str, ranges: &[SubIdRange], own: u32) -> Result<()
 
 /// The maps for the default `--userns auto`: container 0 is the user, 1.. are the subordinate ids.
 pub fn auto_maps(own: u32, ranges: &[SubIdRange]) -> Vec<IdMap> {
-    let mut maps = vec![IdMap { inside: 0, outside: own, count: 1 }];
+    let mut maps = vec![IdMap {
+        inside: 0,
+        outside: own,
+        count: 1,
+    }];
     let mut next = 1u32;
     for r in ranges {
-        maps.push(IdMap { inside: next, outside: r.start, count: r.count });
+        maps.push(IdMap {
+            inside: next,
+            outside: r.start,
+            count: r.count,
+        });
         next = next.saturating_add(r.count);
     }
     maps
@@ -72,7 +84,11 @@ pub fn auto_maps(own: u32, ranges: &[SubIdRange]) -> Vec<IdMap> {
 /// podman's `--userns keep-id`: the user's own id is the same inside; the subordinate ids
 /// fill 0..own and own+1.. around it.
 pub fn keep_id_maps(own: u32, ranges: &[SubIdRange]) -> Vec<IdMap> {
-    let mut maps = vec![IdMap { inside: own, outside: own, count: 1 }];
+    let mut maps = vec![IdMap {
+        inside: own,
+        outside: own,
+        count: 1,
+    }];
     // Flatten the subordinate ranges into container ids, skipping `own`.
     let mut inside = 0u32;
     for r in ranges {
@@ -84,8 +100,16 @@ pub fn keep_id_maps(own: u32, ranges: &[SubIdRange]) -> Vec<IdMap> {
                 continue;
             }
             // Largest chunk that does not cross `own`.
-            let chunk = if inside < own { left.min(own - inside) } else { left };
-            maps.push(IdMap { inside, outside, count: chunk });
+            let chunk = if inside < own {
+                left.min(own - inside)
+            } else {
+                left
+            };
+            maps.push(IdMap {
+                inside,
+                outside,
+                count: chunk,
+            });
             inside = inside.saturating_add(chunk);
             outside += chunk;
             left -= chunk;
@@ -97,11 +121,14 @@ pub fn keep_id_maps(own: u32, ranges: &[SubIdRange]) -> Vec<IdMap> {
 
 /// Whether `id` (a container id) is covered by the maps.
 pub fn is_mapped(maps: &[IdMap], id: u32) -> bool {
-    maps.iter().any(|m| id >= m.inside && (id as u64) < m.inside as u64 + m.count as u64)
+    maps.iter()
+        .any(|m| id >= m.inside && (id as u64) < m.inside as u64 + m.count as u64)
 }
 
 fn render(maps: &[IdMap]) -> String {
-    maps.iter().map(|m| format!("{} {} {}\n", m.inside, m.outside, m.count)).collect()
+    maps.iter()
+        .map(|m| format!("{} {} {}\n", m.inside, m.outside, m.count))
+        .collect()
 }
 
 /// Start newuidmap/newgidmap for `pid`; returns the running helper so both can run at once.
@@ -109,15 +136,22 @@ pub fn spawn_map_helper(helper: &std::path::Path, pid: Pid, maps: &[IdMap]) -> R
     let mut cmd = Command::new(helper);
     cmd.arg(pid.as_raw().to_string());
     for m in maps {
-        cmd.arg(m.inside.to_string()).arg(m.outside.to_string()).arg(m.count.to_string());
+        cmd.arg(m.inside.to_string())
+            .arg(m.outside.to_string())
+            .arg(m.count.to_string());
     }
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-    cmd.spawn().with_context(|| format!("cannot start {}", helper.display()))
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd.spawn()
+        .with_context(|| format!("cannot start {}", helper.display()))
 }
 
 /// Wait for a map helper and turn its failure into one line that names the cause.
 pub fn finish_map_helper(helper: &str, child: Child) -> Result<()> {
-    let out = child.wait_with_output().with_context(|| format!("waiting for {helper}"))?;
+    let out = child
+        .wait_with_output()
+        .with_context(|| format!("waiting for {helper}"))?;
     if !out.status.success() {
         let msg = String::from_utf8_lossy(&out.stderr);
         let msg = msg.trim().lines().last().unwrap_or("").to_string();
@@ -134,8 +168,12 @@ pub fn finish_map_helper(helper: &str, child: Child) -> Result<()> {
 /// for gid maps), and for root.
 pub fn write_map_direct(pid: Pid, file: &str, maps: &[IdMap]) -> Result<()> {
     let path = format!("/proc/{}/{file}", pid.as_raw());
-    let mut f = std::fs::OpenOptions::new().write(true).open(&path).with_context(|| format!("open {path}"))?;
-    f.write_all(render(maps).as_bytes()).with_context(|| format!("write {path}"))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("open {path}"))?;
+    f.write_all(render(maps).as_bytes())
+        .with_context(|| format!("write {path}"))?;
     Ok(())
 }
 
@@ -151,35 +189,96 @@ mod tests {
     #[test]
     fn parses_by_name_and_id() {
         let c = "# comment\nalice:100000:65536\n1001:200000:1000\nbob:300000:0\nbob:x:1\n";
-        assert_eq!(parse_subid(c, "alice", 1000), vec![SubIdRange { start: 100000, count: 65536 }]);
-        assert_eq!(parse_subid(c, "carol", 1001), vec![SubIdRange { start: 200000, count: 1000 }]);
+        assert_eq!(
+            parse_subid(c, "alice", 1000),
+            vec![SubIdRange {
+                start: 100000,
+                count: 65536
+            }]
+        );
+        assert_eq!(
+            parse_subid(c, "carol", 1001),
+            vec![SubIdRange {
+                start: 200000,
+                count: 1000
+            }]
+        );
         assert!(parse_subid(c, "bob", 1002).is_empty());
     }
 
     #[test]
     fn refuses_range_holding_own_id() {
-        let r = [SubIdRange { start: 900, count: 200 }];
+        let r = [SubIdRange {
+            start: 900,
+            count: 200,
+        }];
         assert!(validate_ranges("subuid", &r, 1000).is_err());
         assert!(validate_ranges("subuid", &r, 1100).is_ok());
-        assert!(validate_ranges("subuid", &[SubIdRange { start: u32::MAX - 1, count: 5 }], 1).is_err());
+        assert!(validate_ranges(
+            "subuid",
+            &[SubIdRange {
+                start: u32::MAX - 1,
+                count: 5
+            }],
+            1
+        )
+        .is_err());
     }
 
     #[test]
     fn auto_map_layout() {
-        let m = auto_maps(1000, &[SubIdRange { start: 100000, count: 65536 }]);
-        assert_eq!(m, vec![IdMap { inside: 0, outside: 1000, count: 1 }, IdMap { inside: 1, outside: 100000, count: 65536 }]);
+        let m = auto_maps(
+            1000,
+            &[SubIdRange {
+                start: 100000,
+                count: 65536,
+            }],
+        );
+        assert_eq!(
+            m,
+            vec![
+                IdMap {
+                    inside: 0,
+                    outside: 1000,
+                    count: 1
+                },
+                IdMap {
+                    inside: 1,
+                    outside: 100000,
+                    count: 65536
+                }
+            ]
+        );
         assert!(is_mapped(&m, 65536) && !is_mapped(&m, 65537));
     }
 
     #[test]
     fn keep_id_layout() {
-        let m = keep_id_maps(1000, &[SubIdRange { start: 100000, count: 65536 }]);
+        let m = keep_id_maps(
+            1000,
+            &[SubIdRange {
+                start: 100000,
+                count: 65536,
+            }],
+        );
         assert_eq!(
             m,
             vec![
-                IdMap { inside: 0, outside: 100000, count: 1000 },
-                IdMap { inside: 1000, outside: 1000, count: 1 },
-                IdMap { inside: 1001, outside: 101000, count: 64536 },
+                IdMap {
+                    inside: 0,
+                    outside: 100000,
+                    count: 1000
+                },
+                IdMap {
+                    inside: 1000,
+                    outside: 1000,
+                    count: 1
+                },
+                IdMap {
+                    inside: 1001,
+                    outside: 101000,
+                    count: 64536
+                },
             ]
         );
     }

@@ -1,0 +1,422 @@
+#!/usr/bin/env bash
+# Start-up benchmark (not a test): time `run /bin/true` on the busybox test
+# rootfs for rootless_container and its peers, in ONE hyperfine invocation,
+# then print medians, ratios against rootless_container, and peak RSS.
+#
+#   sudo contrib/bench.sh        # rootless rows as rctest/rcnosub, plus root rows
+#   contrib/bench.sh             # everything as the calling user
+#
+# Environment:
+#   RC_BIN=path            binary to bench (default target/release/rootless_container)
+#   BENCH_ONLY_PEERS=1     skip the rootless_container rows (no binary needed)
+#   BENCH_ROOT_ROWS=0      as root, skip the rows that run as root
+#   BENCH_RUNS=200 BENCH_WARMUP=20
+#   BENCH_ROOTFS=dir       rootfs to use (default: the one test-setup.sh builds)
+#   BENCH_JSON=file        keep hyperfine's JSON there
+#   BENCH_ENFORCE=1        exit 1 when a target ratio is missed
+#
+# Rows run as another user go through `setpriv --reuid --regid --init-groups
+# --reset-env` (one exec, no PAM, unlike runuser). The crun rows may also go
+# through nsenter (see below). Each wrapper's cost is measured in the same
+# hyperfine run (wrapper + /bin/true minus bare /bin/true) and subtracted:
+# the "net" column and all ratios use net medians.
+#
+# crun 1.8.1 refuses to start anything on a hybrid cgroup host ("cgroups in
+# hybrid mode not supported, drop all controllers from cgroupv2"; here
+# hugetlb sits on the v2 hierarchy). As root we pin a private mount namespace
+# once (unshare --mount=FILE) in which /sys/fs/cgroup/unified is unmounted,
+# and run only the crun rows through `nsenter --mount=FILE`, which is a
+# setns + exec: far cheaper and steadier than a per-run `unshare -m sh -c
+# 'umount ...'`, and measured and subtracted like the other wrappers.
+#
+# crun/runc `run` (not --detach) deletes the container when it exits, so
+# each row reuses one container id; the state dirs are checked empty and
+# `delete -f` runs at exit in case a run was interrupted.
+set -euo pipefail
+
+die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
+warn() { printf 'bench: warning: %s\n' "$*" >&2; }
+note() { printf 'bench: %s\n' "$*"; }
+
+cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.."
+repo=$PWD
+
+RUNS=${BENCH_RUNS:-200}
+WARMUP=${BENCH_WARMUP:-20}
+ONLY_PEERS=${BENCH_ONLY_PEERS:-0}
+TEST_USER=rctest
+NOSUB_USER=rcnosub
+
+is_root=0
+[[ $(id -u) -eq 0 ]] && is_root=1
+ROOT_ROWS=${BENCH_ROOT_ROWS:-$is_root}
+((is_root)) || ROOT_ROWS=0
+
+PY=/usr/bin/python3
+[[ -x $PY ]] || PY=$(command -v python3) || die "python3 is needed to read hyperfine's JSON"
+HYPERFINE=$(command -v hyperfine) || die "hyperfine not found (apt-get install hyperfine, or run contrib/test-setup.sh)"
+[[ -x /usr/bin/time ]] || die "/usr/bin/time not found (apt-get install time)"
+# Absolute paths: commands run with setpriv --reset-env's minimal PATH.
+UNSHARE=$(command -v unshare) || die "unshare not found"
+SETPRIV=$(command -v setpriv) || die "setpriv not found"
+NSENTER=$(command -v nsenter) || die "nsenter not found"
+TRUE_BIN=/bin/true
+BWRAP=$(command -v bwrap || true)
+CRUN=$(command -v crun || true)
+RUNC=$(command -v runc || true)
+PODMAN=$(command -v podman || true)
+
+# --- rootfs ----------------------------------------------------------------
+if [[ -n ${BENCH_ROOTFS:-} ]]; then
+    ROOTFS=$BENCH_ROOTFS
+elif [[ -f /var/tmp/rootless_container-test/rootfs/.complete ]]; then
+    ROOTFS=/var/tmp/rootless_container-test/rootfs
+elif ((is_root)); then
+    die "no test rootfs: run contrib/test-setup.sh first"
+else
+    ROOTFS=${XDG_CACHE_HOME:-$HOME/.cache}/rootless_container-test/rootfs
+    "$repo/contrib/make-test-rootfs.sh" "$ROOTFS"
+fi
+[[ -f $ROOTFS/.complete ]] || die "$ROOTFS is not a complete test rootfs"
+ROOTFS=$(cd -- "$ROOTFS" && pwd)
+# hyperfine -N splits commands on whitespace.
+[[ $ROOTFS != *[[:space:]]* ]] || die "rootfs path must not contain spaces: $ROOTFS"
+
+# --- work dir ----------------------------------------------------------------
+work=$(mktemp -d /tmp/rc-bench.XXXXXX)
+chmod 0755 "$work" # test users must reach the bundles and the binary
+nsfile=""
+declare -a cleanup_cmds=()
+# shellcheck disable=SC2317 # invoked through trap
+cleanup() {
+    local c
+    for c in "${cleanup_cmds[@]}"; do
+        eval "$c" >/dev/null 2>&1 || true
+    done
+    if [[ -n $nsfile ]]; then
+        umount "$nsfile" 2>/dev/null || true
+        umount "$work/ns" 2>/dev/null || true
+    fi
+    rm -rf -- "$work"
+}
+trap cleanup EXIT
+
+if ((is_root)); then
+    id -u "$TEST_USER" >/dev/null 2>&1 || die "user $TEST_USER missing: run contrib/test-setup.sh"
+    id -u "$NOSUB_USER" >/dev/null 2>&1 || die "user $NOSUB_USER missing: run contrib/test-setup.sh"
+    as_user() { printf '%s --reuid=%s --regid=%s --init-groups --reset-env' "$SETPRIV" "$1" "$1"; }
+    W_TEST=$(as_user "$TEST_USER")
+    W_NOSUB=$(as_user "$NOSUB_USER")
+    RL_USER=$TEST_USER
+else
+    W_TEST=""
+    W_NOSUB=""
+    RL_USER=$(id -un)
+fi
+RL_UID=$(id -u "$RL_USER")
+RL_GID=$(id -g "$RL_USER")
+# First subordinate range of the rootless user ("START COUNT"), if any.
+subid_range() { # FILE ID
+    [[ -r $1 ]] || return 0
+    awk -F: -v u="$RL_USER" -v i="$2" '($1 == u || $1 == i) && NF == 3 { print $2, $3; exit }' "$1"
+}
+read -r SUBUID_START SUBUID_COUNT < <(subid_range /etc/subuid "$RL_UID"; echo) || true
+read -r SUBGID_START SUBGID_COUNT < <(subid_range /etc/subgid "$RL_GID"; echo) || true
+HAVE_SUBIDS=0
+[[ -n ${SUBUID_COUNT:-} && -n ${SUBGID_COUNT:-} ]] && HAVE_SUBIDS=1
+
+# Directory writable by the user that will run a runtime (for --root).
+state_dir() { # NAME USER
+    local d=$work/state-$1
+    mkdir -p "$d"
+    ((is_root)) && chown "$2:" "$d"
+    chmod 0700 "$d"
+    printf '%s' "$d"
+}
+
+# Run a command string once (as hyperfine would); on failure show why.
+probe() { # NAME CMD
+    local out
+    # shellcheck disable=SC2086 # word splitting is the point (like hyperfine -N)
+    if out=$($2 2>&1); then
+        return 0
+    fi
+    warn "$1 does not run here: $2"
+    printf '%s\n' "$out" | sed 's/^/bench:   | /' >&2
+    return 1
+}
+
+# --- rows --------------------------------------------------------------------
+# Each row: name, wrapper key (for overhead subtraction), wrapper prefix
+# (setpriv/nsenter, may be empty) and the command proper.
+declare -a NAMES=() WRAPS=() PREFIXES=() CMDS=()
+add_row() { NAMES+=("$1"); WRAPS+=("$2"); PREFIXES+=("$3"); CMDS+=("$4"); }
+full_cmd() { printf '%s' "${PREFIXES[$1]:+${PREFIXES[$1]} }${CMDS[$1]}"; }
+# Optional row: kept only if it runs once.
+try_row() { probe "$1" "${3:+$3 }$4" || return 1; add_row "$@"; }
+# Required row: the bench is meaningless without it.
+need_row() { probe "$1" "${3:+$3 }$4" || die "required row '$1' failed"; add_row "$@"; }
+
+# Wrapper baselines (net = median - (wrapper+true - true)).
+add_row "baseline: /bin/true" none "" "$TRUE_BIN"
+wrap_user=none
+if ((is_root)); then
+    wrap_user=setpriv
+    need_row "baseline: setpriv /bin/true" none "$W_TEST" "$TRUE_BIN"
+fi
+
+# Kernel floors.
+UNS_FLAGS="--pid --fork --mount --uts --ipc --net"
+need_row "unshare -r (floor, 1 id)" "$wrap_user" \
+    "$W_TEST" "$UNSHARE --user --map-root-user $UNS_FLAGS $TRUE_BIN"
+# util-linux 2.38 has --map-users=auto (first /etc/subuid range of the
+# caller, via newuidmap/newgidmap); older ones only OUTER,INNER,COUNT.
+if ((HAVE_SUBIDS)); then
+    if "$UNSHARE" --help 2>&1 | grep -q -- '--map-auto'; then
+        MAP_FULL="--map-users=auto --map-groups=auto"
+    else
+        MAP_FULL="--map-users=$SUBUID_START,0,$SUBUID_COUNT --map-groups=$SUBGID_START,0,$SUBGID_COUNT"
+    fi
+    try_row "unshare subuid (floor, full map)" "$wrap_user" \
+        "$W_TEST" "$UNSHARE --user $MAP_FULL $UNS_FLAGS $TRUE_BIN" || true
+else
+    warn "no /etc/subuid+/etc/subgid range for $RL_USER: full-map rows skipped"
+fi
+
+if [[ -n $BWRAP ]]; then
+    try_row "bwrap --unshare-all" "$wrap_user" \
+        "$W_TEST" "$BWRAP --unshare-all --bind $ROOTFS / --proc /proc --dev /dev /bin/true" || true
+else
+    warn "bwrap not installed"
+fi
+
+# OCI bundles: config.json from the runtime's own `spec`, then patched.
+make_bundle() { # DIR RUNTIME [--rootless] MAPPING(none|single|full)
+    local dir=$1 rt=$2 rootless=$3 mapping=$4
+    mkdir -p "$dir"
+    (cd "$dir" && "$rt" spec ${rootless:+"$rootless"})
+    "$PY" - "$dir/config.json" "$ROOTFS" "$mapping" "$RL_UID" "$RL_GID" \
+        "${SUBUID_START:-0}" "${SUBUID_COUNT:-0}" "${SUBGID_START:-0}" "${SUBGID_COUNT:-0}" <<'EOF'
+import json, sys
+path, rootfs, mapping = sys.argv[1:4]
+uid, gid, us, uc, gs, gc = map(int, sys.argv[4:10])
+with open(path) as f:
+    c = json.load(f)
+c["root"] = {"path": rootfs, "readonly": True}
+c["process"]["args"] = ["/bin/true"]
+c["process"]["terminal"] = False
+lx = c.setdefault("linux", {})
+if mapping == "none":
+    lx.pop("uidMappings", None)
+    lx.pop("gidMappings", None)
+else:
+    # Same layout as podman: container root = the user, 1.. = subids.
+    um = [{"containerID": 0, "hostID": uid, "size": 1}]
+    gm = [{"containerID": 0, "hostID": gid, "size": 1}]
+    if mapping == "full":
+        um.append({"containerID": 1, "hostID": us, "size": uc})
+        gm.append({"containerID": 1, "hostID": gs, "size": gc})
+    lx["uidMappings"], lx["gidMappings"] = um, gm
+with open(path, "w") as f:
+    json.dump(c, f, indent=1)
+EOF
+    chmod -R a+rX "$dir"
+}
+
+# Pinned mount namespace without the cgroup2 mount, for crun (root only).
+W_NS=""
+make_crun_ns() {
+    mkdir -p "$work/ns"
+    # The ns file must live on a private mount for unshare to bind it.
+    mount --bind "$work/ns" "$work/ns"
+    nsfile=$work/ns/mnt
+    mount --make-private "$work/ns"
+    touch "$nsfile"
+    "$UNSHARE" --mount="$nsfile" --propagation private umount /sys/fs/cgroup/unified
+    W_NS="$NSENTER --mount=$nsfile"
+    need_row "baseline: nsenter /bin/true" none "$W_NS" "$TRUE_BIN"
+    need_row "baseline: nsenter+setpriv /bin/true" none "$W_NS $W_TEST" "$TRUE_BIN"
+}
+# Does crun work as is? If not, and this is the hybrid-cgroup refusal we
+# can route around as root, set up the namespace.
+if [[ -n $CRUN ]] && ((is_root)) && mountpoint -q /sys/fs/cgroup/unified; then
+    make_bundle "$work/bundle-crunprobe" "$CRUN" "" none
+    if ! "$CRUN" --root "$work/state-crunprobe" run -b "$work/bundle-crunprobe" crunprobe >/dev/null 2>&1; then
+        note "crun cannot start containers on this hybrid cgroup host: crun rows run via nsenter into a mount namespace without /sys/fs/cgroup/unified"
+        make_crun_ns
+    fi
+    rm -rf "$work/bundle-crunprobe" "$work/state-crunprobe"
+fi
+
+crun_row() { # NAME USERWRAP WRAPKEY STATE_OWNER ID BUNDLE_ARGS...
+    local name=$1 uw=$2 key=$3 owner=$4 id=$5
+    shift 5
+    local bundle=$work/bundle-$id st
+    make_bundle "$bundle" "$CRUN" "$@"
+    st=$(state_dir "$id" "$owner")
+    cleanup_cmds+=("$CRUN --root $st delete -f $id")
+    if [[ -n $W_NS ]]; then
+        uw="$W_NS${uw:+ $uw}"
+        name="$name [nsenter]"
+        if [[ $key == setpriv ]]; then key=nsenter+setpriv; else key=nsenter; fi
+    fi
+    try_row "$name" "$key" "$uw" "$CRUN --root $st run -b $bundle $id" || true
+}
+
+runc_row() { # NAME USERWRAP WRAPKEY STATE_OWNER ID BUNDLE_ARGS...
+    local name=$1 uw=$2 key=$3 owner=$4 id=$5
+    shift 5
+    local bundle=$work/bundle-$id st
+    make_bundle "$bundle" "$RUNC" "$@"
+    st=$(state_dir "$id" "$owner")
+    cleanup_cmds+=("$RUNC --root $st delete -f $id")
+    try_row "$name" "$key" "$uw" "$RUNC --root $st run -b $bundle $id" || true
+}
+
+if [[ -n $CRUN ]]; then
+    # `crun spec --rootless` as is: crun maps the caller to root itself.
+    crun_row "crun rootless (1 id)" "$W_TEST" "$wrap_user" "$RL_USER" crun1 --rootless none
+    if ((HAVE_SUBIDS)); then
+        crun_row "crun rootless (full map)" "$W_TEST" "$wrap_user" "$RL_USER" crunfull --rootless full
+    fi
+else
+    warn "crun not installed"
+fi
+if [[ -n $RUNC ]]; then
+    runc_row "runc rootless (1 id)" "$W_TEST" "$wrap_user" "$RL_USER" runc1 --rootless single
+    if ((HAVE_SUBIDS)); then
+        runc_row "runc rootless (full map)" "$W_TEST" "$wrap_user" "$RL_USER" runcfull --rootless full
+    fi
+else
+    warn "runc not installed"
+fi
+if [[ -n $PODMAN ]]; then
+    try_row "podman run --rootfs" "$wrap_user" \
+        "$W_TEST" "$PODMAN run --rm --network=none --cgroups=disabled --rootfs $ROOTFS /bin/true" || true
+fi
+
+# rootless_container rows.
+RC_ROW=""
+RC_NOSUB_ROW=""
+if [[ $ONLY_PEERS != 1 ]]; then
+    src=${RC_BIN:-$repo/target/release/rootless_container}
+    [[ -f $src && -x $src ]] ||
+        die "rootless_container binary not found at $src (cargo build --release, or set RC_BIN)"
+    # Root-owned 0755 copy: the test users cannot read root's target/.
+    mkdir -p "$work/bin"
+    install -m 0755 "$src" "$work/bin/rootless_container"
+    RC="$work/bin/rootless_container"
+    RC_ROW="rootless_container (full map)"
+    ((HAVE_SUBIDS)) || RC_ROW="rootless_container (1 id)"
+    need_row "$RC_ROW" "$wrap_user" "$W_TEST" "$RC run --rm --rootfs $ROOTFS /bin/true"
+    if ((is_root)); then
+        RC_NOSUB_ROW="rootless_container $NOSUB_USER (1 id)"
+        need_row "$RC_NOSUB_ROW" setpriv "$W_NOSUB" "$RC run --rm --rootfs $ROOTFS /bin/true"
+    fi
+fi
+
+# Root rows.
+if ((ROOT_ROWS)); then
+    add_row "[root] unshare (floor)" none "" "$UNSHARE $UNS_FLAGS $TRUE_BIN"
+    if [[ -n $CRUN ]]; then
+        crun_row "[root] crun" "" none root crunroot "" none
+    fi
+    if [[ -n $RUNC ]]; then
+        runc_row "[root] runc" "" none root runcroot "" none
+    fi
+    if [[ -n $RC_ROW ]]; then
+        try_row "[root] rootless_container" none "" \
+            "$RC run --rm --rootfs $ROOTFS /bin/true" || true
+    fi
+fi
+
+# --- hyperfine ---------------------------------------------------------------
+json=${BENCH_JSON:-$work/hyperfine.json}
+args=(-N --warmup "$WARMUP" --runs "$RUNS" --export-json "$json")
+for i in "${!NAMES[@]}"; do
+    args+=(-n "${NAMES[$i]}" "$(full_cmd "$i")")
+done
+note "rootfs $ROOTFS, ${#NAMES[@]} commands, $RUNS runs + $WARMUP warmup each"
+"$HYPERFINE" "${args[@]}"
+
+# Leftover container state would mean a run did not clean up after itself.
+for d in "$work"/state-*; do
+    [[ -d $d ]] || continue
+    if [[ -n $(find "$d" -mindepth 1 -maxdepth 1 -print -quit) ]]; then
+        warn "container state left in $d: $(find "$d" -mindepth 1 -maxdepth 1 -printf '%f ')"
+    fi
+done
+
+# --- peak RSS: max of 5 single runs under GNU time ---------------------------
+# GNU time goes after the wrapper, so it reports the command (and its
+# reaped children), not setpriv/nsenter. Its output dir is world-writable
+# because it runs as the row's user.
+rss_file=$work/rss.tsv
+: >"$rss_file"
+mkdir -m 1777 "$work/rss"
+for i in "${!NAMES[@]}"; do
+    max=0
+    for _ in 1 2 3 4 5; do
+        rm -f "$work/rss/one"
+        # shellcheck disable=SC2086 # split like hyperfine -N does
+        ${PREFIXES[$i]} /usr/bin/time -f %M -o "$work/rss/one" ${CMDS[$i]} >/dev/null 2>&1 || true
+        kb=$(tail -n1 "$work/rss/one" 2>/dev/null || echo 0)
+        [[ $kb =~ ^[0-9]+$ ]] || kb=0
+        if ((kb > max)); then max=$kb; fi
+    done
+    printf '%s\t%s\t%s\n' "${NAMES[$i]}" "${WRAPS[$i]}" "$max" >>"$rss_file"
+done
+
+# --- table ---------------------------------------------------------------------
+status=0
+"$PY" - "$json" "$rss_file" "$RC_ROW" "$RC_NOSUB_ROW" "${BENCH_ENFORCE:-0}" <<'EOF' || status=$?
+import json, sys
+jpath, rsspath, rc_row, nosub_row, enforce = sys.argv[1:6]
+med = {r["command"]: r["median"] * 1000 for r in json.load(open(jpath))["results"]}
+rows = [l.rstrip("\n").split("\t") for l in open(rsspath) if l.strip()]
+true_ms = med.get("baseline: /bin/true", 0.0)
+# Wrapper overhead = (wrapper + /bin/true) - /bin/true.
+over = {"none": 0.0}
+for key, base in (("setpriv", "baseline: setpriv /bin/true"),
+                  ("nsenter", "baseline: nsenter /bin/true"),
+                  ("nsenter+setpriv", "baseline: nsenter+setpriv /bin/true")):
+    if base in med:
+        over[key] = max(0.0, med[base] - true_ms)
+net = {name: med[name] - over.get(key, 0.0) for name, key, _ in rows}
+ref = rc_row if rc_row in net else "unshare -r (floor, 1 id)"
+w = max(len(n) for n, _, _ in rows)
+print()
+print(f"{'command':<{w}}  {'median ms':>9}  {'net ms':>7}  {'x ' + ('rc' if ref == rc_row else 'floor'):>8}  {'peak RSS kB':>11}")
+for name, key, kb in rows:
+    ratio = "" if name.startswith("baseline") else f"{net[name] / net[ref]:.2f}"
+    print(f"{name:<{w}}  {med[name]:9.2f}  {net[name]:7.2f}  {ratio:>8}  {int(kb):11d}")
+print(f"(net = median minus measured wrapper overhead: "
+      + ", ".join(f"{k} {v:.2f} ms" for k, v in over.items() if k != "none") + ")"
+      if len(over) > 1 else "(no wrappers)")
+
+targets = []
+def target(label, num, den, limit):
+    if num in net and den in net:
+        r = net[num] / net[den]
+        ok = r <= limit
+        targets.append(ok)
+        print(f"target {label}: {r:.2f}x (<= {limit}x) {'ok' if ok else 'MISSED'}")
+    else:
+        print(f"target {label}: n/a (row missing)")
+print()
+if rc_row in net:
+    full_floor = "unshare subuid (floor, full map)"
+    target("full map vs unshare --map-users floor", rc_row, full_floor, 1.2)
+    crun = next((n for n, _, _ in rows if n.startswith("crun rootless (1 id)")), None)
+    target("full map vs crun rootless", rc_row, crun, 0.6)
+    crunf = next((n for n, _, _ in rows if n.startswith("crun rootless (full map)")), None)
+    if crunf:
+        print(f"  (info: vs crun full map {net[rc_row] / net[crunf]:.2f}x)")
+    if nosub_row:
+        target("single id vs unshare -r floor", nosub_row, "unshare -r (floor, 1 id)", 1.5)
+else:
+    print("rootless_container rows skipped: ratios are against the unshare -r floor")
+if enforce == "1" and not all(targets):
+    sys.exit(3)
+EOF
+exit "$status"
