@@ -276,6 +276,9 @@ pub struct SpecInput<'a> {
     pub network_ns: bool,
     pub privileged: bool,
     pub no_new_privileges: bool,
+    /// Fresh tmpfs on these directories (the host's /tmp stays the host's; podman's
+    /// --read-only keeps /tmp, /var/tmp and /run writable).
+    pub tmpfs: Vec<&'static str>,
 }
 
 fn maps_json(maps: &[IdMap]) -> Value {
@@ -306,6 +309,14 @@ pub fn build(i: SpecInput) -> Result<Spec> {
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", if i.privileged {"rw"} else {"ro"}]}),
         json!({"destination": "/sys/fs/cgroup", "type": "cgroup2", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", if i.privileged {"rw"} else {"ro"}]}),
     ];
+    for t in &i.tmpfs {
+        let mode = if *t == "/run" {
+            "mode=755"
+        } else {
+            "mode=1777"
+        };
+        mounts.push(json!({"destination": t, "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", mode]}));
+    }
     for v in &i.volumes {
         mounts.push(json!({
             "destination": v.destination, "type": "bind", "source": v.source,
@@ -441,6 +452,7 @@ mod tests {
             network_ns: true,
             privileged: false,
             no_new_privileges: true,
+            tmpfs: vec!["/tmp"],
         })
         .unwrap();
         let linux = s.linux().as_ref().unwrap();

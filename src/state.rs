@@ -38,11 +38,17 @@ impl Dirs {
                 data: "/var/lib/rootless_container".into(),
             });
         }
+        let user_run = PathBuf::from(format!("/run/user/{uid}"));
         let run = match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
             Some(d) if Path::new(&d).is_dir() => PathBuf::from(d).join("rootless_container"),
-            // Without a login session there is no XDG_RUNTIME_DIR; use a private directory
-            // in /tmp, as podman does, and refuse one that someone else owns.
-            _ => PathBuf::from(format!("/tmp/rootless_container-run-{uid}")),
+            _ if fs::metadata(&user_run).is_ok_and(|m| m.is_dir() && m.uid() == uid) => {
+                user_run.join("rootless_container")
+            }
+            // Without a login session there is no XDG_RUNTIME_DIR. Runtime state belongs on a
+            // tmpfs (gone at reboot, and several times faster to create and remove than on
+            // disk): /dev/shm is the one every Linux system has. ensure_run refuses a
+            // directory someone else made there.
+            _ => PathBuf::from(format!("/dev/shm/rootless_container-run-{uid}")),
         };
         let data = match std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
             Some(d) => PathBuf::from(d).join("rootless_container"),

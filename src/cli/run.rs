@@ -12,17 +12,34 @@ fn fail(msg: impl Into<String>) -> anyhow::Error {
     ExitError::new(125, msg).into()
 }
 
+/// The user's name: /etc/passwd read directly (NSS costs a noticeable share of start-up),
+/// then NSS for users from elsewhere (LDAP, sssd).
+fn user_name(uid: u32) -> String {
+    let id = uid.to_string();
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|p| {
+            p.lines()
+                .map(|l| l.split(':').collect::<Vec<_>>())
+                .find(|f| f.len() > 2 && f[2] == id)
+                .map(|f| f[0].to_string())
+        })
+        .or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+        })
+        .unwrap_or_default()
+}
+
 /// Id maps for a new user namespace and how to write them. Prints at most one warning.
 fn plan_maps(
     mode: UsernsMode,
     uid: u32,
     gid: u32,
 ) -> Result<(Vec<userns::IdMap>, Vec<userns::IdMap>, MapWriter)> {
-    let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-        .ok()
-        .flatten()
-        .map(|u| u.name)
-        .unwrap_or_default();
+    let name = user_name(uid);
     let read = |f: &str| std::fs::read_to_string(f).unwrap_or_default();
     let subuid = userns::parse_subid(&read("/etc/subuid"), &name, uid);
     let subgid = userns::parse_subid(&read("/etc/subgid"), &name, gid);
@@ -269,6 +286,11 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
         network_ns,
         privileged: a.privileged,
         no_new_privileges: !a.privileged,
+        tmpfs: match (a.read_only, host_rootfs) {
+            (true, _) => vec!["/tmp", "/var/tmp", "/run"],
+            (false, true) => vec!["/tmp"],
+            (false, false) => vec![],
+        },
     })?;
 
     let dirs = Dirs::for_current_user()?;

@@ -100,15 +100,26 @@ fn mount_dev(root: &OwnedFd, l: &Launch) -> Result<()> {
     }
     let pts = mkdir_all_in_root(root, Path::new("/dev/pts"))?;
     let ptsflags = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
-    // gid=5 (tty) only exists when it is mapped; a single-id map has no group 5.
-    if mount_fs(
-        "devpts",
-        "devpts",
-        &fd_path(&pts),
-        ptsflags,
-        "newinstance,ptmxmode=0666,mode=0620,gid=5",
-    )
-    .is_err()
+    // gid=5 (tty) only exists when it is mapped; a single-id map has no group 5 (and a
+    // failed attempt costs most of a millisecond).
+    let tty_gid_mapped = l
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|x| x.gid_mappings().as_ref())
+        .is_none_or(|maps| {
+            maps.iter()
+                .any(|m| (m.container_id()..m.container_id().saturating_add(m.size())).contains(&5))
+        });
+    if !tty_gid_mapped
+        || mount_fs(
+            "devpts",
+            "devpts",
+            &fd_path(&pts),
+            ptsflags,
+            "newinstance,ptmxmode=0666,mode=0620,gid=5",
+        )
+        .is_err()
     {
         mount_fs(
             "devpts",
@@ -285,18 +296,6 @@ pub fn setup(l: &Launch) -> Result<()> {
     }
     let new_root = mounted.path;
     let root = open_dir(&new_root)?;
-    if l.host_rootfs {
-        // The host's /tmp stays the host's: the container starts with an empty one.
-        let tmp = mkdir_all_in_root(&root, Path::new("/tmp"))?;
-        mount_fs(
-            "tmpfs",
-            "tmpfs",
-            &fd_path(&tmp),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            "mode=1777",
-        )
-        .context("mount /tmp")?;
-    }
     for m in l.spec.mounts().as_deref().unwrap_or(&[]) {
         if !has_namespace(l, LinuxNamespaceType::Network)
             && m.typ().as_deref() == Some("sysfs")
