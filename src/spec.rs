@@ -276,6 +276,8 @@ pub struct SpecInput<'a> {
     pub network_ns: bool,
     pub privileged: bool,
     pub no_new_privileges: bool,
+    /// Apply the default seccomp profile.
+    pub seccomp: bool,
     /// Fresh tmpfs on these directories (the host's /tmp stays the host's; podman's
     /// --read-only keeps /tmp, /var/tmp and /run writable).
     pub tmpfs: Vec<&'static str>,
@@ -328,6 +330,9 @@ pub fn build(i: SpecInput) -> Result<Spec> {
         "maskedPaths": if i.privileged { vec![] } else { MASKED_PATHS.to_vec() },
         "readonlyPaths": if i.privileged { vec![] } else { READONLY_PATHS.to_vec() },
     });
+    if i.seccomp {
+        linux["seccomp"] = crate::engine::seccomp::default_profile(&i.caps);
+    }
     if let Some((u, g)) = &i.userns_maps {
         linux["namespaces"]
             .as_array_mut()
@@ -452,6 +457,7 @@ mod tests {
             network_ns: true,
             privileged: false,
             no_new_privileges: true,
+            seccomp: true,
             tmpfs: vec!["/tmp"],
         })
         .unwrap();

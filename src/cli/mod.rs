@@ -132,6 +132,10 @@ pub struct RunArgs {
     #[arg(long = "preserve-fds", value_name = "N", default_value_t = 0)]
     pub preserve_fds: u32,
 
+    /// Security options: seccomp=unconfined turns the default seccomp profile off
+    #[arg(long = "security-opt", value_name = "OPT")]
+    pub security_opt: Vec<String>,
+
     /// Command and arguments (default: /bin/sh)
     #[arg(
         trailing_var_arg = true,

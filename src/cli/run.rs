@@ -170,6 +170,17 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
     if let Some(n) = &a.name {
         check_name(n)?;
     }
+    let mut seccomp_unconfined = false;
+    for opt in &a.security_opt {
+        match opt.as_str() {
+            "seccomp=unconfined" | "seccomp:unconfined" => seccomp_unconfined = true,
+            other => {
+                return Err(fail(format!(
+                    "unsupported --security-opt {other:?}: this version supports seccomp=unconfined"
+                )))
+            }
+        }
+    }
     let host_rootfs = a.rootfs.is_none();
     let rootfs: PathBuf = match &a.rootfs {
         None => PathBuf::from("/"),
@@ -286,6 +297,7 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
         network_ns,
         privileged: a.privileged,
         no_new_privileges: !a.privileged,
+        seccomp: !a.privileged && !seccomp_unconfined,
         tmpfs: match (a.read_only, host_rootfs) {
             (true, _) => vec!["/tmp", "/var/tmp", "/run"],
             (false, true) => vec!["/tmp"],

@@ -85,6 +85,10 @@ fn setup_and_exec(l: &Launch, sock: RawFd, sigs: SigSet) -> Result<Never> {
     if has_ns(l, LinuxNamespaceType::Network) {
         loopback_up()?;
     }
+    let seccomp = match l.spec.linux().as_ref().and_then(|x| x.seccomp().as_ref()) {
+        Some(profile) => super::seccomp::compile(profile)?,
+        None => Vec::new(),
+    };
     rootfs::setup(l)?;
 
     let process = l.spec.process().as_ref().context("spec has no process")?;
@@ -122,6 +126,8 @@ fn setup_and_exec(l: &Launch, sock: RawFd, sigs: SigSet) -> Result<Never> {
 
     security::keep_fds(l.preserve_fds);
     security::close_fds_from(3 + l.preserve_fds)?;
+    // Last: from here on the filter also applies to what we do ourselves.
+    super::seccomp::install(&seccomp)?;
     if l.init {
         // SAFETY: single-threaded; the child continues to exec below, the parent becomes init.
         match unsafe { nix::unistd::fork() }.context("fork the command under --init")? {

@@ -9,6 +9,7 @@ mod mounts;
 mod overlay;
 mod rootfs;
 pub mod seal;
+pub mod seccomp;
 mod security;
 mod sync;
 mod tty;
