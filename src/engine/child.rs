@@ -116,6 +116,11 @@ fn setup_and_exec(l: &Launch, sock: RawFd, sigs: SigSet) -> Result<Never> {
         .map(|s| s.trim() != "deny")
         .unwrap_or(true);
     security::switch_user(&l.spec, setgroups_ok)?;
+    // A credential change clears the parent-death signal: arm it again, then make sure
+    // the runtime did not die in between (its end of the socket would be closed).
+    // SAFETY: prctl with constant arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    sync::check_runtime_alive(sock)?;
     if process.no_new_privileges().unwrap_or(true) {
         security::set_no_new_privs()?;
     }

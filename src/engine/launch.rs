@@ -154,7 +154,36 @@ fn write_maps(l: &Launch, pid: Pid) -> Result<()> {
             let g = userns::spawn_map_helper(newgidmap, pid, &gids)?;
             let ur = userns::finish_map_helper("newuidmap", u);
             let gr = userns::finish_map_helper("newgidmap", g);
-            ur.and(gr)
+            if ur.is_ok() && gr.is_ok() {
+                return Ok(());
+            }
+            // A broken helper or range need not stop a container that runs as root inside:
+            // fall back to the single mapping a user may write, as with no helper at all.
+            let user = l
+                .spec
+                .process()
+                .as_ref()
+                .map(|p| (p.user().uid(), p.user().gid()));
+            let err = ur.as_ref().err().or(gr.as_ref().err()).expect("one failed");
+            if user != Some((0, 0)) {
+                bail!("{err:#}");
+            }
+            eprintln!("rootless_container: warning: {err:#}; running with a single id mapping (only root inside)");
+            let own = |maps: &[userns::IdMap]| {
+                vec![userns::IdMap {
+                    inside: 0,
+                    outside: maps[0].outside,
+                    count: 1,
+                }]
+            };
+            if gr.is_err() {
+                userns::deny_setgroups(pid)?;
+                userns::write_map_direct(pid, "gid_map", &own(&gids))?;
+            }
+            if ur.is_err() {
+                userns::write_map_direct(pid, "uid_map", &own(&uids))?;
+            }
+            Ok(())
         }
         MapWriter::Direct => {
             userns::deny_setgroups(pid)?;

@@ -62,6 +62,21 @@ pub fn wait_go(fd: RawFd) -> Result<Option<(u16, u16)>> {
     }
 }
 
+/// Child side: fail if the runtime has gone away (its end of the socket is closed).
+pub fn check_runtime_alive(fd: RawFd) -> Result<()> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll on one valid fd without waiting.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    if n > 0 && pfd.revents & (libc::POLLHUP | libc::POLLIN) != 0 {
+        bail!("the runtime went away before the container started");
+    }
+    Ok(())
+}
+
 pub fn send_failure(fd: RawFd, code: i32, message: &str) {
     let mut buf = format!("F{code} ").into_bytes();
     buf.extend_from_slice(message.as_bytes());
