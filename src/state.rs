@@ -126,6 +126,18 @@ pub fn collect_stale(run: &Path) {
         if name == "names" || !p.is_dir() {
             continue;
         }
+        // A record still being built, unless its builder died long ago.
+        if name.as_encoded_bytes().starts_with(b".") {
+            let age = e
+                .metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok());
+            if age.is_some_and(|a| a.as_secs() > 60) {
+                let _ = fs::remove_dir_all(&p);
+            }
+            continue;
+        }
         if p.join("lock").exists() && !lock_is_held(&p.join("lock")) {
             let _ = fs::remove_dir_all(&p);
         }
@@ -151,19 +163,23 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
 impl Live {
     /// Claim the record directory (and the name) for a new container.
     pub fn create(run: &Path, id: &str, name: &str) -> Result<Live> {
+        // Built under a dot name that collect_stale leaves alone, and renamed into place
+        // with its lock already held: no other runtime ever sees an unlocked new record.
         let dir = run.join(id);
+        let tmp = run.join(format!(".new-{id}"));
         fs::DirBuilder::new()
             .mode(0o700)
-            .create(&dir)
-            .with_context(|| format!("create {}", dir.display()))?;
-        let lock = File::create(dir.join("lock"))?;
+            .create(&tmp)
+            .with_context(|| format!("create {}", tmp.display()))?;
+        let lock = File::create(tmp.join("lock"))?;
         // SAFETY: flock on an fd we own; held until this process exits.
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             bail!(
                 "container record {} is locked by another process",
-                dir.display()
+                tmp.display()
             );
         }
+        fs::rename(&tmp, &dir).with_context(|| format!("create {}", dir.display()))?;
         let mut live = Live {
             dir,
             name_link: None,
