@@ -332,7 +332,9 @@ fi
 
 # --- hyperfine ---------------------------------------------------------------
 json=${BENCH_JSON:-$work/hyperfine.json}
-args=(-N --warmup "$WARMUP" --runs "$RUNS" --export-json "$json")
+# -i: one flaky run of a peer (runc failed once in 3000 here) must not sink the
+# whole comparison; failed runs are counted and reported below instead.
+args=(-N -i --warmup "$WARMUP" --runs "$RUNS" --export-json "$json")
 for i in "${!NAMES[@]}"; do
     args+=(-n "${NAMES[$i]}" "$(full_cmd "$i")")
 done
@@ -372,7 +374,12 @@ status=0
 "$PY" - "$json" "$rss_file" "$RC_ROW" "$RC_NOSUB_ROW" "${BENCH_ENFORCE:-0}" <<'EOF' || status=$?
 import json, sys
 jpath, rsspath, rc_row, nosub_row, enforce = sys.argv[1:6]
-med = {r["command"]: r["median"] * 1000 for r in json.load(open(jpath))["results"]}
+results = json.load(open(jpath))["results"]
+med = {r["command"]: r["median"] * 1000 for r in results}
+for r in results:
+    failed = sum(1 for c in r.get("exit_codes", []) if c != 0)
+    if failed:
+        print(f"warning: {r['command']}: {failed} of {len(r['exit_codes'])} runs failed")
 rows = [l.rstrip("\n").split("\t") for l in open(rsspath) if l.strip()]
 true_ms = med.get("baseline: /bin/true", 0.0)
 # Wrapper overhead = (wrapper + /bin/true) - /bin/true.
