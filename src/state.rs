@@ -229,8 +229,12 @@ impl Drop for Live {
 /// A random 64-hex-digit container id (Docker's format).
 pub fn new_id() -> String {
     let mut b = [0u8; 32];
-    if let Ok(mut f) = File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut b);
+    // SAFETY: getrandom fills the buffer we own; 32 bytes never come back short.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        if let Ok(mut f) = File::open("/dev/urandom") {
+            let _ = std::io::Read::read_exact(&mut f, &mut b);
+        }
     }
     b.iter().map(|x| format!("{x:02x}")).collect()
 }

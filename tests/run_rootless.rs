@@ -1458,3 +1458,30 @@ fn hostname_length_limit() {
     let long = "a".repeat(65);
     run_code(&mut brun(&u, &r, &["--hostname", &long, "true"]), 125);
 }
+
+/// User namespaces forbidden by a seccomp filter, as inside another container: the
+/// runtime, started inside one of its own containers (whose default profile refuses new
+/// namespaces), must end in one line that names the cause, exit 125, and leave nothing.
+#[test]
+fn userns_forbidden_is_one_clear_line() {
+    let Some((u, r)) = user_and_rootfs() else {
+        return;
+    };
+    let inner = format!("{}:/rc:ro", user_bin().display());
+    let o = output(&mut brun(
+        &u,
+        &r,
+        &[
+            "-v", &inner, "--", "/rc", "run", "--rm", "--rootfs", "/", "true",
+        ],
+    ));
+    assert_eq!(o.code(), 125, "stdout: {} stderr: {}", o.stdout, o.stderr);
+    let lines: Vec<&str> = o.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {}", o.stderr);
+    assert!(
+        lines[0].contains("cannot create the container's namespaces")
+            && lines[0].contains("seccomp"),
+        "names the cause: {}",
+        lines[0]
+    );
+}
