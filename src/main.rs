@@ -3,6 +3,7 @@
 mod cli;
 mod engine;
 mod exit;
+mod network;
 mod spec;
 mod state;
 mod util;

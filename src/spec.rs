@@ -278,6 +278,8 @@ pub struct SpecInput<'a> {
     pub no_new_privileges: bool,
     /// Apply the default seccomp profile.
     pub seccomp: bool,
+    /// Files bound over /etc entries: (source on the host, destination).
+    pub etc_binds: Vec<(PathBuf, &'static str)>,
     /// Fresh tmpfs on these directories (the host's /tmp stays the host's; podman's
     /// --read-only keeps /tmp, /var/tmp and /run writable).
     pub tmpfs: Vec<&'static str>,
@@ -318,6 +320,9 @@ pub fn build(i: SpecInput) -> Result<Spec> {
             "mode=1777"
         };
         mounts.push(json!({"destination": t, "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", mode]}));
+    }
+    for (src, dst) in &i.etc_binds {
+        mounts.push(json!({"destination": dst, "type": "bind", "source": src, "options": ["bind", "rprivate"]}));
     }
     for v in &i.volumes {
         mounts.push(json!({
@@ -458,6 +463,7 @@ mod tests {
             privileged: false,
             no_new_privileges: true,
             seccomp: true,
+            etc_binds: vec![],
             tmpfs: vec!["/tmp"],
         })
         .unwrap();

@@ -116,9 +116,22 @@ pub struct RunArgs {
     #[arg(long = "cap-drop", value_name = "CAP")]
     pub cap_drop: Vec<String>,
 
-    /// Network: none (loopback only) or host
-    #[arg(long, default_value = "none")]
-    pub network: String,
+    /// Network: slirp4netns[:allow_host_loopback=true,mtu=N] (rootless default), none
+    /// (loopback only) or host
+    #[arg(long, alias = "net")]
+    pub network: Option<String>,
+
+    /// Publish a container port on the host: [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp]
+    #[arg(short = 'p', long = "publish", value_name = "PORTS")]
+    pub publish: Vec<String>,
+
+    /// DNS server for the container's /etc/resolv.conf
+    #[arg(long)]
+    pub dns: Vec<String>,
+
+    /// Add a line to the container's /etc/hosts: NAME:IP
+    #[arg(long = "add-host", value_name = "NAME:IP")]
+    pub add_host: Vec<String>,
 
     /// All capabilities, host devices, no masked paths (root only)
     #[arg(long)]

@@ -3,6 +3,7 @@
 use super::{OverlayMode, RunArgs, UsernsMode};
 use crate::engine::{self, userns, Launch, MapWriter, WritableLayer};
 use crate::exit::ExitError;
+use crate::network;
 use crate::spec::{self, ResolvedUser, SpecInput};
 use crate::state::{self, Dirs, Live, Record, Status};
 use anyhow::{bail, Context, Result};
@@ -113,6 +114,10 @@ pub fn userns_hint() -> String {
     "user namespaces are not allowed here (a seccomp filter in an outer container, or a kernel without CONFIG_USER_NS); run on a host that allows unprivileged user namespaces".into()
 }
 
+fn launch_hostname(spec: &oci_spec::runtime::Spec) -> &str {
+    spec.hostname().as_deref().unwrap_or("localhost")
+}
+
 fn check_hostname(h: &str) -> Result<()> {
     let ok = !h.is_empty()
         && h.len() <= 64
@@ -155,15 +160,34 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
     if a.tty {
         crate::engine::require_terminal_stdin().map_err(|e| fail(format!("{e:#}")))?;
     }
-    let network_ns = match a.network.as_str() {
-        "none" => true,
-        "host" => false,
-        other => {
-            return Err(fail(format!(
-                "unsupported --network {other:?}: this version supports none and host"
-            )))
-        }
-    };
+    let net_mode = network::parse_mode(a.network.as_deref(), rootless)?;
+    let network_ns = net_mode != network::Mode::Host;
+    let ports = a
+        .publish
+        .iter()
+        .map(|p| network::ports::parse(p))
+        .collect::<Result<Vec<_>>>()?;
+    if !ports.is_empty() && !matches!(net_mode, network::Mode::Slirp(_)) {
+        return Err(fail(
+            "-p/--publish needs a network with a helper (--network slirp4netns); with --network host the container's ports are the host's already",
+        ));
+    }
+    for p in &ports {
+        network::ports::check_free(p)?;
+    }
+    let dns = a
+        .dns
+        .iter()
+        .map(|d| {
+            d.parse::<std::net::IpAddr>()
+                .map_err(|_| fail(format!("invalid --dns {d:?}: not an IP address")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let add_hosts = a
+        .add_host
+        .iter()
+        .map(|h| network::parse_add_host(h))
+        .collect::<Result<Vec<_>>>()?;
     if let Some(h) = &a.hostname {
         check_hostname(h)?;
     }
@@ -282,7 +306,27 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
     if !cwd.starts_with('/') {
         return Err(fail(format!("--workdir {cwd:?} must be an absolute path")));
     }
+    let dirs = Dirs::for_current_user()?;
+    // A network with a helper gets its own /etc/hosts, resolv.conf and hostname, written
+    // into the runtime record once it exists and bound over the rootfs' (as podman does).
+    let etc_binds: Vec<(PathBuf, &'static str)> = match net_mode {
+        network::Mode::Slirp(_) => ["hosts", "resolv.conf", "hostname"]
+            .into_iter()
+            .map(|f| {
+                (
+                    dirs.run.join(&id).join(f),
+                    match f {
+                        "hosts" => "/etc/hosts",
+                        "resolv.conf" => "/etc/resolv.conf",
+                        _ => "/etc/hostname",
+                    },
+                )
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
     let oci = spec::build(SpecInput {
+        etc_binds: etc_binds.clone(),
         rootfs: &rootfs,
         readonly_root: a.read_only,
         args: args.clone(),
@@ -305,13 +349,40 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
         },
     })?;
 
-    let dirs = Dirs::for_current_user()?;
     dirs.ensure_run()?;
     state::collect_stale(&dirs.run);
     let name = a.name.clone().unwrap_or_else(|| id[..12].to_string());
     let live = Live::create(&dirs.run, &id, &name).map_err(|e| fail(format!("{e:#}")))?;
     let mountpoint = live.dir.join("root");
     std::fs::create_dir(&mountpoint).with_context(|| format!("create {}", mountpoint.display()))?;
+    if !etc_binds.is_empty() {
+        let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let files = network::etc_files(
+            launch_hostname(&oci),
+            &net_mode,
+            &dns,
+            &add_hosts,
+            &host_resolv,
+        );
+        for (path, content) in [
+            ("hosts", files.hosts),
+            ("resolv.conf", files.resolv_conf),
+            ("hostname", files.hostname),
+        ] {
+            std::fs::write(live.dir.join(path), content)
+                .with_context(|| format!("write {path}"))?;
+        }
+    }
+    let net = match &net_mode {
+        network::Mode::Slirp(o) => Some(engine::NetworkPlan {
+            slirp: o.clone(),
+            api: (!ports.is_empty()).then(|| network::slirp::api_socket_path(&dirs.run, &id)),
+            ports: ports.clone(),
+            run: dirs.run.clone(),
+            log: live.dir.join("slirp4netns.log"),
+        }),
+        _ => None,
+    };
     let layer = if a.rm || host_rootfs {
         WritableLayer::Tmpfs
     } else {
@@ -334,6 +405,8 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
         layer,
         overlay,
         mountpoint,
+        network: net,
+        precreate: etc_binds.iter().map(|(_, d)| PathBuf::from(d)).collect(),
         interactive: a.interactive,
         init: a.init,
         preserve_fds: a.preserve_fds,

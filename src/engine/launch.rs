@@ -193,6 +193,17 @@ fn write_maps(l: &Launch, pid: Pid) -> Result<()> {
     }
 }
 
+fn attach_network(n: &super::NetworkPlan, pid: Pid) -> Result<crate::network::slirp::Slirp> {
+    let slirp =
+        crate::network::slirp::start(pid.as_raw(), &n.slirp, n.api.as_deref(), &n.run, &n.log)?;
+    if let Some(api) = &n.api {
+        for p in &n.ports {
+            crate::network::slirp::add_hostfwd(api, p)?;
+        }
+    }
+    Ok(slirp)
+}
+
 /// Run the container to completion. `on_started` is told the pid once the command runs.
 pub fn run(l: &Launch, on_started: &mut dyn FnMut(i32)) -> Result<i32> {
     let terminal = l
@@ -224,6 +235,11 @@ pub fn run(l: &Launch, on_started: &mut dyn FnMut(i32)) -> Result<i32> {
     if userns {
         write_maps(l, pid)?;
     }
+    // The helper lives as long as this function: dropping it closes its exit pipe.
+    let _network = match &l.network {
+        Some(n) => Some(attach_network(n, pid)?),
+        None => None,
+    };
     let stdin_fd = std::io::stdin().as_raw_fd();
     let winsize = if terminal {
         tty::winsize_of(stdin_fd)

@@ -44,6 +44,19 @@ pub enum WritableLayer {
     Dir { upper: PathBuf, work: PathBuf },
 }
 
+/// A userspace network helper to attach to the container's network namespace.
+#[derive(Debug, Clone)]
+pub struct NetworkPlan {
+    pub slirp: crate::network::SlirpOptions,
+    pub ports: Vec<crate::network::PortMapping>,
+    /// slirp4netns' API socket, when ports are published.
+    pub api: Option<PathBuf>,
+    /// The runtime's state directory (probe cache).
+    pub run: PathBuf,
+    /// Where the helper's messages go.
+    pub log: PathBuf,
+}
+
 /// Everything the engine needs beyond the OCI spec.
 #[derive(Debug, Clone)]
 pub struct Launch {
@@ -58,6 +71,10 @@ pub struct Launch {
     pub overlay: OverlayMode,
     /// An empty directory in the runtime's state, used as the mount point of the new root.
     pub mountpoint: PathBuf,
+    /// Files to create in the writable layer when the rootfs lacks them (bind targets).
+    pub precreate: Vec<PathBuf>,
+    /// The network helper, if any.
+    pub network: Option<NetworkPlan>,
     /// Keep stdin connected.
     pub interactive: bool,
     /// Run the built-in init as PID 1.

@@ -263,6 +263,36 @@ pub struct MountedRoot {
     pub fuse: bool,
 }
 
+/// Create mount targets the root filesystem lacks (e.g. /etc/resolv.conf in a minimal
+/// rootfs) directly in the writable layer before it is mounted: inside the container,
+/// root may not be allowed to create them when the rootfs belongs to unmapped ids.
+fn precreate_in_upper(lower: &Path, upper: &Path, files: &[PathBuf]) -> Result<()> {
+    for f in files {
+        let rel = super::fsutil::relative(f);
+        if fs::symlink_metadata(lower.join(&rel)).is_ok() {
+            continue;
+        }
+        let Some(parent) = rel.parent() else { continue };
+        // Only where the parent is a real directory of the rootfs (no symlink games).
+        if !fs::symlink_metadata(lower.join(parent)).is_ok_and(|m| m.is_dir()) {
+            continue;
+        }
+        let mut cur = upper.to_path_buf();
+        for comp in parent.components().skip(1) {
+            cur.push(comp);
+            if !cur.exists() {
+                let mode = fs::metadata(lower.join(cur.strip_prefix(upper).unwrap_or(&cur)))
+                    .map(|m| m.mode() & 0o7777)
+                    .unwrap_or(0o755);
+                mkdirs(&cur, mode)?;
+            }
+        }
+        fs::File::create(upper.join(&rel))
+            .with_context(|| format!("create {} in the writable layer", f.display()))?;
+    }
+    Ok(())
+}
+
 /// Mount the container's root filesystem.
 pub fn mount_root(l: &Launch) -> Result<MountedRoot> {
     let lower = l
@@ -303,6 +333,7 @@ pub fn mount_root(l: &Launch) -> Result<MountedRoot> {
     for d in [&upper, &work, &target] {
         mkdirs(d, 0o755)?;
     }
+    precreate_in_upper(&lower, &upper, &l.precreate)?;
     let layers = Layers {
         lower,
         upper,

@@ -784,7 +784,9 @@ pub fn stale_records(run_dir: &Path) -> Vec<PathBuf> {
     };
     entries
         .flatten()
-        .filter(|e| e.file_name() != "names")
+        // Records are directories; dot names are records still being built.
+        .filter(|e| e.file_name() != "names" && !e.file_name().as_encoded_bytes().starts_with(b"."))
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .map(|e| e.path())
         .filter(|p| p.exists() && !record_is_live(p))
         .collect()
