@@ -151,8 +151,7 @@ pub fn start(
         let msg = std::fs::read_to_string(log).unwrap_or_default();
         let last = msg
             .lines()
-            .filter(|l| !l.trim().is_empty())
-            .last()
+            .rfind(|l| !l.trim().is_empty())
             .unwrap_or("no output")
             .to_string();
         if msg.contains("/dev/net/tun") {
