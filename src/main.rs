@@ -1,5 +1,6 @@
 //! rootless_container: parse, run, print the error, exit with the right code.
 
+mod cgroup;
 mod cli;
 mod engine;
 mod exit;

@@ -274,6 +274,8 @@ pub struct SpecInput<'a> {
     pub volumes: Vec<Volume>,
     pub userns_maps: Option<(Vec<IdMap>, Vec<IdMap>)>,
     pub network_ns: bool,
+    /// A private cgroup namespace (`--cgroupns private`, the default).
+    pub cgroup_ns: bool,
     pub privileged: bool,
     pub no_new_privileges: bool,
     /// Apply the default seccomp profile.
@@ -299,8 +301,10 @@ pub fn build(i: SpecInput) -> Result<Spec> {
         json!({"type": "mount"}),
         json!({"type": "uts"}),
         json!({"type": "ipc"}),
-        json!({"type": "cgroup"}),
     ];
+    if i.cgroup_ns {
+        namespaces.push(json!({"type": "cgroup"}));
+    }
     if i.network_ns {
         namespaces.push(json!({"type": "network"}));
     }
@@ -463,6 +467,7 @@ mod tests {
             privileged: false,
             no_new_privileges: true,
             seccomp: true,
+            cgroup_ns: true,
             etc_binds: vec![],
             tmpfs: vec!["/tmp"],
         })
@@ -470,6 +475,12 @@ mod tests {
         let linux = s.linux().as_ref().unwrap();
         assert_eq!(linux.uid_mappings().as_ref().unwrap()[0].host_id(), 1000);
         assert_eq!(linux.namespaces().as_ref().unwrap().len(), 7);
+        assert!(linux
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Cgroup));
         let caps = s
             .process()
             .as_ref()

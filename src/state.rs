@@ -106,6 +106,11 @@ pub struct Live {
     _lock: File,
 }
 
+/// Whether the container `id` has a live runtime.
+pub fn record_is_live(run: &Path, id: &str) -> bool {
+    lock_is_held(&run.join(id).join("lock"))
+}
+
 fn lock_is_held(lock: &Path) -> bool {
     let Ok(f) = File::open(lock) else {
         return false;

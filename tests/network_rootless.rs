@@ -48,11 +48,19 @@ fn slirp_of(uid: u32, pid: i32) -> Vec<Proc> {
     })
 }
 
-/// The container's init pid from its runtime record.
+/// The container's init pid from its runtime record (written once the command runs,
+/// which may be just after the command printed its first line).
 fn record_pid(run_dir: &Path, id: &Path) -> i32 {
-    let state = std::fs::read_to_string(run_dir.join(id).join("state.json")).expect("state.json");
-    let v: serde_json::Value = serde_json::from_str(&state).unwrap();
-    v["pid"].as_i64().expect("pid in state.json") as i32
+    let mut pid = 0;
+    wait_until(Duration::from_secs(5), || {
+        let state =
+            std::fs::read_to_string(run_dir.join(id).join("state.json")).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&state).unwrap_or_default();
+        pid = v["pid"].as_i64().unwrap_or(0) as i32;
+        pid > 0
+    });
+    assert!(pid > 0, "no pid in the record of {}", id.display());
+    pid
 }
 
 #[test]

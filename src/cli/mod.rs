@@ -149,6 +149,50 @@ pub struct RunArgs {
     #[arg(long = "security-opt", value_name = "OPT")]
     pub security_opt: Vec<String>,
 
+    /// Memory limit (bytes, or with k, m, g)
+    #[arg(short = 'm', long)]
+    pub memory: Option<String>,
+
+    /// Memory plus swap limit (-1: unlimited swap)
+    #[arg(long = "memory-swap", allow_hyphen_values = true)]
+    pub memory_swap: Option<String>,
+
+    /// Memory soft limit
+    #[arg(long = "memory-reservation")]
+    pub memory_reservation: Option<String>,
+
+    /// Number of CPUs (decimal, e.g. 0.5)
+    #[arg(long)]
+    pub cpus: Option<String>,
+
+    /// CPU shares (relative weight, 2..262144)
+    #[arg(short = 'c', long = "cpu-shares")]
+    pub cpu_shares: Option<u64>,
+
+    /// CPUs the container may use (e.g. 0-1, 0,2)
+    #[arg(long = "cpuset-cpus")]
+    pub cpuset_cpus: Option<String>,
+
+    /// Maximum number of processes (-1: unlimited)
+    #[arg(long = "pids-limit", allow_hyphen_values = true)]
+    pub pids_limit: Option<i64>,
+
+    /// Block I/O weight (10..1000)
+    #[arg(long = "blkio-weight")]
+    pub blkio_weight: Option<u16>,
+
+    /// Cgroup manager: cgroupfs (root mode) or disabled
+    #[arg(long = "cgroup-manager", value_name = "MANAGER")]
+    pub cgroup_manager: Option<String>,
+
+    /// Cgroup to create the container's cgroup under (instead of the runtime's own)
+    #[arg(long = "cgroup-parent", value_name = "PATH")]
+    pub cgroup_parent: Option<String>,
+
+    /// Cgroup namespace: private (default) or host
+    #[arg(long, value_name = "MODE")]
+    pub cgroupns: Option<String>,
+
     /// Command and arguments (default: /bin/sh)
     #[arg(
         trailing_var_arg = true,

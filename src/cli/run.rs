@@ -114,6 +114,13 @@ pub fn userns_hint() -> String {
     "user namespaces are not allowed here (a seccomp filter in an outer container, or a kernel without CONFIG_USER_NS); run on a host that allows unprivileged user namespaces".into()
 }
 
+fn live_id(live: &Live) -> String {
+    live.dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default()
+}
+
 fn launch_hostname(spec: &oci_spec::runtime::Spec) -> &str {
     spec.hostname().as_deref().unwrap_or("localhost")
 }
@@ -205,6 +212,47 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
             }
         }
     }
+    let limits = crate::cgroup::Limits::parse(
+        a.memory.as_deref(),
+        a.memory_swap.as_deref(),
+        a.memory_reservation.as_deref(),
+        a.cpus.as_deref(),
+        a.cpu_shares,
+        a.cpuset_cpus.as_deref(),
+        a.pids_limit,
+        a.blkio_weight,
+    )?;
+    let cgroup_ns = match a.cgroupns.as_deref() {
+        None | Some("private") => true,
+        Some("host") => false,
+        Some(other) => {
+            return Err(fail(format!(
+                "invalid --cgroupns {other:?}: private or host"
+            )))
+        }
+    };
+    match a.cgroup_manager.as_deref() {
+        None | Some("cgroupfs") => {}
+        Some("disabled") if limits.is_empty() => {}
+        Some("disabled") => return Err(fail("resource limits need a cgroup manager; drop --cgroup-manager disabled")),
+        Some("systemd") => {
+            return Err(fail(
+                "--cgroup-manager systemd is not implemented in this version; use cgroupfs (root) or run without limits",
+            ))
+        }
+        Some(other) => return Err(fail(format!("invalid --cgroup-manager {other:?}: cgroupfs, systemd or disabled"))),
+    }
+    if rootless && !limits.is_empty() {
+        let why = if crate::cgroup::fs::is_unified() {
+            "this version cannot yet ask systemd for a delegated cgroup v2 subtree"
+        } else {
+            "this host's cgroups are v1/hybrid, so no cgroup v2 subtree can be delegated to you"
+        };
+        return Err(fail(format!(
+            "resource limits (--memory, --cpus, --pids-limit, ...) are unavailable rootless here: {why}; run without them, or as root"
+        )));
+    }
+    let use_cgroups = !limits.is_empty() && a.cgroup_manager.as_deref() != Some("disabled");
     let host_rootfs = a.rootfs.is_none();
     let rootfs: PathBuf = match &a.rootfs {
         None => PathBuf::from("/"),
@@ -339,6 +387,7 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
         volumes,
         userns_maps: maps,
         network_ns,
+        cgroup_ns,
         privileged: a.privileged,
         no_new_privileges: !a.privileged,
         seccomp: !a.privileged && !seccomp_unconfined,
@@ -397,6 +446,20 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
             work: base.join("work"),
         }
     };
+    // The container's cgroups, limits written before any process is in them.
+    let cgroup = if use_cgroups {
+        let run = dirs.run.clone();
+        crate::cgroup::fs::collect_stale(|id| {
+            id == live_id(&live) || state::record_is_live(&run, id)
+        });
+        Some(crate::cgroup::FsCgroup::create(
+            &id,
+            a.cgroup_parent.as_deref(),
+            &limits,
+        )?)
+    } else {
+        None
+    };
     let launch = Launch {
         spec: oci,
         rootless,
@@ -406,6 +469,7 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
         overlay,
         mountpoint,
         network: net,
+        cgroup_procs: cgroup.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
         precreate: etc_binds.iter().map(|(_, d)| PathBuf::from(d)).collect(),
         interactive: a.interactive,
         init: a.init,
@@ -430,5 +494,15 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
         let _ = live.write(&record);
     });
     drop(live);
+    if let Some(cg) = &cgroup {
+        if result.as_ref().is_ok_and(|c| *c == 137) && cg.oom_killed() {
+            let mib = limits
+                .memory
+                .map(|m| format!(" ({} MiB)", m >> 20))
+                .unwrap_or_default();
+            eprintln!("rootless_container: the container was killed by the kernel's OOM killer: it exceeded its memory limit{mib}");
+        }
+        cg.remove();
+    }
     result
 }

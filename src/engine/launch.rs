@@ -235,6 +235,12 @@ pub fn run(l: &Launch, on_started: &mut dyn FnMut(i32)) -> Result<i32> {
     if userns {
         write_maps(l, pid)?;
     }
+    // Into its cgroup before it runs anything of its own: the cgroup namespace the child
+    // creates after `go` is then rooted there.
+    for procs in &l.cgroup_procs {
+        std::fs::write(procs, pid.as_raw().to_string())
+            .with_context(|| format!("move the container into {}", procs.display()))?;
+    }
     // The helper lives as long as this function: dropping it closes its exit pipe.
     let _network = match &l.network {
         Some(n) => Some(attach_network(n, pid)?),

@@ -73,6 +73,8 @@ pub struct Launch {
     pub mountpoint: PathBuf,
     /// Files to create in the writable layer when the rootfs lacks them (bind targets).
     pub precreate: Vec<PathBuf>,
+    /// cgroup.procs files the first process goes into before it may continue.
+    pub cgroup_procs: Vec<PathBuf>,
     /// The network helper, if any.
     pub network: Option<NetworkPlan>,
     /// Keep stdin connected.

@@ -1,0 +1,376 @@
+//! The cgroupfs manager: the container's cgroup nested in the runtime's own (a runtime that
+//! runs confined keeps its containers confined), on cgroup v2 or on the v1 hierarchies of
+//! a legacy/hybrid host.
+
+use super::Limits;
+use crate::exit::ExitError;
+use anyhow::{bail, Context, Result};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+const ROOT: &str = "/sys/fs/cgroup";
+
+/// One directory per hierarchy the container's limits need.
+#[derive(Debug)]
+pub struct FsCgroup {
+    dirs: Vec<(String, PathBuf)>,
+    v2: bool,
+}
+
+fn write(dir: &Path, file: &str, value: &str) -> Result<()> {
+    fs::write(dir.join(file), value)
+        .with_context(|| format!("write {value:?} to {}", dir.join(file).display()))
+}
+
+/// The runtime's own cgroup path in the hierarchy whose /proc/self/cgroup line matches.
+fn own_path(hierarchy_matches: impl Fn(&str) -> bool) -> Option<String> {
+    let text = fs::read_to_string("/proc/self/cgroup").ok()?;
+    text.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+        hierarchy_matches(ctrls).then(|| path.to_string())
+    })
+}
+
+/// Mount point of the v1 hierarchy holding `controller`.
+fn v1_mount(controller: &str) -> Option<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        let mut post = post.split(' ');
+        let (fstype, _src, opts) = (post.next()?, post.next()?, post.next()?);
+        if fstype == "cgroup" && opts.split(',').any(|o| o == controller) {
+            pre.split(' ').nth(4).map(PathBuf::from)
+        } else {
+            None
+        }
+    })
+}
+
+pub fn is_unified() -> bool {
+    Path::new(ROOT).join("cgroup.controllers").exists()
+}
+
+/// Controllers the limits need, in v1 naming.
+fn needed(l: &Limits) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    if l.memory.is_some() || l.memory_reservation.is_some() || l.memory_swap.is_some() {
+        v.push("memory");
+    }
+    if l.cpus.is_some() || l.cpu_shares.is_some() {
+        v.push("cpu");
+    }
+    if l.cpuset_cpus.is_some() {
+        v.push("cpuset");
+    }
+    if l.pids.is_some() {
+        v.push("pids");
+    }
+    if l.blkio_weight.is_some() {
+        v.push("blkio");
+    }
+    v
+}
+
+/// cpuset v1 starts a new cgroup with no cpus and no memory nodes: inherit the parent's.
+fn init_cpuset_v1(dir: &Path) -> Result<()> {
+    let parent = dir.parent().context("cpuset cgroup has no parent")?;
+    for f in ["cpuset.cpus", "cpuset.mems"] {
+        if fs::read_to_string(dir.join(f))
+            .unwrap_or_default()
+            .trim()
+            .is_empty()
+        {
+            let v = fs::read_to_string(parent.join(f)).unwrap_or_default();
+            write(dir, f, v.trim())?;
+        }
+    }
+    Ok(())
+}
+
+impl FsCgroup {
+    /// Create the container's cgroups and write the limits (before any process is in them).
+    /// `parent` replaces the runtime's own cgroup as the base (--cgroup-parent).
+    pub fn create(id: &str, parent: Option<&str>, limits: &Limits) -> Result<FsCgroup> {
+        let v2 = is_unified();
+        let mut cg = FsCgroup {
+            dirs: Vec::new(),
+            v2,
+        };
+        let rel = |own: Option<String>| -> PathBuf {
+            let base = parent
+                .map(str::to_string)
+                .or(own)
+                .unwrap_or_else(|| "/".into());
+            PathBuf::from(base.trim_start_matches('/'))
+                .join("rootless_container")
+                .join(id)
+        };
+        if v2 {
+            let dir = Path::new(ROOT).join(rel(own_path(|c| c.is_empty())));
+            let available =
+                fs::read_to_string(Path::new(ROOT).join("cgroup.controllers")).unwrap_or_default();
+            let mut want: Vec<&str> = needed(limits)
+                .iter()
+                .map(|c| if *c == "blkio" { "io" } else { c })
+                .collect();
+            want.retain(|c| !c.is_empty());
+            for c in &want {
+                if !available.split_whitespace().any(|a| a == *c) {
+                    bail!(ExitError::new(
+                        125,
+                        format!("the {c} controller is not available in this cgroup v2 hierarchy")
+                    ));
+                }
+            }
+            fs::create_dir_all(&dir).with_context(|| format!("create cgroup {}", dir.display()))?;
+            cg.dirs.push(("unified".into(), dir.clone()));
+            // Enable the controllers on the way down (the base must have no processes of its
+            // own for this, as cgroup v2 demands).
+            let enable: String = want.iter().map(|c| format!("+{c} ")).collect();
+            if !enable.is_empty() {
+                let mut cur = PathBuf::from(ROOT);
+                let mut levels = vec![cur.clone()];
+                let parent_rel = dir
+                    .parent()
+                    .and_then(|p| p.strip_prefix(ROOT).ok())
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default();
+                for comp in parent_rel.components() {
+                    cur.push(comp);
+                    levels.push(cur.clone());
+                }
+                for p in levels {
+                    fs::write(p.join("cgroup.subtree_control"), enable.trim()).map_err(|e| {
+                        anyhow::Error::from(ExitError::new(
+                            125,
+                            format!("cannot enable {} in {}: {e} (cgroup v2 allows it only where no process lives; use --cgroup-parent)", enable.trim(), p.display()),
+                        ))
+                    })?;
+                }
+            }
+            cg.apply_v2(limits)?;
+        } else {
+            for c in needed(limits) {
+                let mount = v1_mount(c).ok_or_else(|| {
+                    anyhow::Error::from(ExitError::new(
+                        125,
+                        format!("the {c} cgroup controller is not mounted on this host"),
+                    ))
+                })?;
+                let own = own_path(|ctrls| ctrls.split(',').any(|x| x == c));
+                let dir = mount.join(rel(own));
+                // Each level: create, and for cpuset give it cpus and memory nodes.
+                let mut cur = mount.clone();
+                for comp in dir.strip_prefix(&mount).unwrap_or(&dir).components() {
+                    cur.push(comp);
+                    if !cur.exists() {
+                        fs::create_dir(&cur)
+                            .with_context(|| format!("create cgroup {}", cur.display()))?;
+                    }
+                    if c == "cpuset" {
+                        init_cpuset_v1(&cur)?;
+                    }
+                }
+                cg.dirs.push((c.to_string(), dir));
+            }
+            if let Err(e) = cg.apply_v1(limits) {
+                cg.remove();
+                return Err(e);
+            }
+        }
+        Ok(cg)
+    }
+
+    fn dir(&self, c: &str) -> Option<&Path> {
+        self.dirs
+            .iter()
+            .find(|(n, _)| n == c || n == "unified")
+            .map(|(_, d)| d.as_path())
+    }
+
+    fn apply_v1(&self, l: &Limits) -> Result<()> {
+        if let Some(d) = self.dir("memory") {
+            if let Some(m) = l.memory {
+                write(d, "memory.limit_in_bytes", &m.to_string())?;
+                // Docker: without --memory-swap, swap may be as large as memory.
+                let sw = l.memory_swap.unwrap_or((m * 2) as i64);
+                if d.join("memory.memsw.limit_in_bytes").exists() {
+                    write(d, "memory.memsw.limit_in_bytes", &sw.to_string())?;
+                } else if l.memory_swap.is_some() {
+                    bail!(ExitError::new(125, "--memory-swap: this kernel has no swap accounting (memory.memsw.*); boot with swapaccount=1"));
+                }
+            }
+            if let Some(r) = l.memory_reservation {
+                write(d, "memory.soft_limit_in_bytes", &r.to_string())?;
+            }
+        }
+        if let Some(d) = self.dir("cpu") {
+            if let Some((quota, period)) = l.cpu_quota_us() {
+                write(d, "cpu.cfs_period_us", &period.to_string())?;
+                write(d, "cpu.cfs_quota_us", &quota.to_string())?;
+            }
+            if let Some(s) = l.cpu_shares {
+                write(d, "cpu.shares", &s.to_string())?;
+            }
+        }
+        if let (Some(d), Some(c)) = (self.dir("cpuset"), &l.cpuset_cpus) {
+            write(d, "cpuset.cpus", c)?;
+        }
+        if let (Some(d), Some(p)) = (self.dir("pids"), l.pids) {
+            write(
+                d,
+                "pids.max",
+                &if p < 0 {
+                    "max".to_string()
+                } else {
+                    p.to_string()
+                },
+            )?;
+        }
+        if let (Some(d), Some(w)) = (self.dir("blkio"), l.blkio_weight) {
+            if !d.join("blkio.weight").exists() {
+                bail!(ExitError::new(
+                    125,
+                    "--blkio-weight: this kernel's I/O scheduler has no blkio.weight (needs BFQ)"
+                ));
+            }
+            write(d, "blkio.weight", &w.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn apply_v2(&self, l: &Limits) -> Result<()> {
+        let Some(d) = self.dir("unified") else {
+            return Ok(());
+        };
+        if let Some(m) = l.memory {
+            write(d, "memory.max", &m.to_string())?;
+            let swap = match l.memory_swap {
+                Some(-1) => "max".to_string(),
+                Some(s) => (s as u64 - m).to_string(),
+                None => m.to_string(),
+            };
+            if d.join("memory.swap.max").exists() {
+                write(d, "memory.swap.max", &swap)?;
+            }
+        }
+        if let Some(r) = l.memory_reservation {
+            write(d, "memory.low", &r.to_string())?;
+        }
+        if let Some((quota, period)) = l.cpu_quota_us() {
+            write(d, "cpu.max", &format!("{quota} {period}"))?;
+        }
+        if let Some(s) = l.cpu_shares {
+            // The OCI conversion from shares to weight.
+            let w = 1 + ((s.saturating_sub(2)) * 9999) / 262142;
+            write(d, "cpu.weight", &w.to_string())?;
+        }
+        if let Some(c) = &l.cpuset_cpus {
+            write(d, "cpuset.cpus", c)?;
+        }
+        if let Some(p) = l.pids {
+            write(
+                d,
+                "pids.max",
+                &if p < 0 {
+                    "max".to_string()
+                } else {
+                    p.to_string()
+                },
+            )?;
+        }
+        if let Some(w) = l.blkio_weight {
+            write(
+                d,
+                "io.weight",
+                &format!("default {}", 1 + (w as u32 - 10) * 9999 / 990),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The cgroup.procs files the container's first process is written into.
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        self.dirs
+            .iter()
+            .map(|(_, d)| d.join("cgroup.procs"))
+            .collect()
+    }
+
+    /// Whether the kernel's OOM killer killed a process of the container.
+    pub fn oom_killed(&self) -> bool {
+        let count = |text: String, key: &str| {
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix(key)
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                })
+                .unwrap_or(0)
+        };
+        match self.dir("memory") {
+            Some(d) if self.v2 => {
+                count(
+                    fs::read_to_string(d.join("memory.events")).unwrap_or_default(),
+                    "oom_kill ",
+                ) > 0
+            }
+            Some(d) => {
+                count(
+                    fs::read_to_string(d.join("memory.oom_control")).unwrap_or_default(),
+                    "oom_kill ",
+                ) > 0
+            }
+            None => false,
+        }
+    }
+
+    /// Remove the cgroups (all processes are gone once the container's PID 1 is reaped).
+    pub fn remove(&self) {
+        for (_, d) in &self.dirs {
+            for _ in 0..50 {
+                match fs::remove_dir(d) {
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                        std::thread::sleep(std::time::Duration::from_millis(2))
+                    }
+                    _ => break,
+                }
+            }
+        }
+    }
+}
+
+/// Remove cgroups of containers whose runtime died (SIGKILL) and whose processes are gone.
+pub fn collect_stale(is_live: impl Fn(&str) -> bool) {
+    let mut parents: Vec<PathBuf> = Vec::new();
+    if is_unified() {
+        if let Some(own) = own_path(|c| c.is_empty()) {
+            parents.push(
+                Path::new(ROOT)
+                    .join(own.trim_start_matches('/'))
+                    .join("rootless_container"),
+            );
+        }
+    } else {
+        for c in ["memory", "cpu", "cpuset", "pids", "blkio"] {
+            if let (Some(m), Some(own)) = (v1_mount(c), own_path(|x| x.split(',').any(|y| y == c)))
+            {
+                parents.push(
+                    m.join(own.trim_start_matches('/'))
+                        .join("rootless_container"),
+                );
+            }
+        }
+    }
+    for p in parents {
+        let Ok(entries) = fs::read_dir(&p) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if e.path().is_dir() && name.len() == 64 && !is_live(&name) {
+                let _ = fs::remove_dir(e.path());
+            }
+        }
+    }
+}
