@@ -144,6 +144,8 @@ pub fn collect_stale(run: &Path) {
             continue;
         }
         if p.join("lock").exists() && !lock_is_held(&p.join("lock")) {
+            // A network helper that does not end with its namespace.
+            crate::network::pasta::kill_orphan(&p);
             let _ = fs::remove_dir_all(&p);
         }
     }

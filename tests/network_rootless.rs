@@ -299,3 +299,129 @@ fn port_in_use_is_a_clear_error() {
         assert_eq!(o.code(), 125, "{bad:?}: {}", o.stderr);
     }
 }
+
+/// pasta with the same addresses as slirp4netns, -p publishing, host loopback only when
+/// allowed, and no pasta left once the container is gone.
+#[test]
+fn pasta_network() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    if which("pasta").is_none() {
+        skip("pasta is not installed (apt install passt)");
+        return;
+    }
+    let Some((u, r)) = setup() else { return };
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let lport = listener.local_addr().unwrap().port();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    std::thread::spawn(move || {
+        for mut c in listener.incoming().flatten() {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let _ = c.write_all(b"pong\n");
+        }
+    });
+    let probe = format!(
+        "ip -4 addr show eth0 | grep -o 'inet [0-9./]*'; ip route | grep default; grep nameserver /etc/resolv.conf; \
+         echo ping | nc -w 2 10.0.2.2 {lport} >/dev/null 2>&1 && echo reached || echo refused"
+    );
+    let out = run_ok(
+        rootless(&u)
+            .args(["run", "--rm", "--network", "pasta", "--rootfs"])
+            .arg(&r)
+            .args(["sh", "-c", &probe]),
+    );
+    assert!(out.contains("inet 10.0.2.100/24"), "{out}");
+    assert!(out.contains("default via 10.0.2.2"), "{out}");
+    assert!(out.contains("nameserver 10.0.2.3"), "{out}");
+    assert!(
+        out.trim_end().ends_with("refused"),
+        "host loopback reachable by default: {out}"
+    );
+    assert_eq!(seen.load(Ordering::SeqCst), 0);
+    let out = run_ok(
+        rootless(&u)
+            .args([
+                "run",
+                "--rm",
+                "--network",
+                "pasta:allow_host_loopback=true",
+                "--rootfs",
+            ])
+            .arg(&r)
+            .args(["sh", "-c", &probe]),
+    );
+    assert!(out.trim_end().ends_with("reached"), "{out}");
+
+    let port = free_port();
+    let name = unique("pasta");
+    let script = "mkdir -p /dev/shm/www && echo hello-through-pasta > /dev/shm/www/index.html && httpd -p 80 -h /dev/shm/www && echo up && sleep 100";
+    let mut run = Running::spawn(
+        rootless(&u)
+            .args([
+                "run",
+                "--rm",
+                "--name",
+                &name,
+                "--network",
+                "pasta",
+                "-p",
+                &format!("127.0.0.1:{port}:80"),
+                "--rootfs",
+            ])
+            .arg(&r)
+            .args(["sh", "-c", script]),
+    );
+    run.expect_line("up", Duration::from_secs(20));
+    let mut body = String::new();
+    let ok = wait_until(Duration::from_secs(10), || {
+        body.clear();
+        TcpStream::connect(("127.0.0.1", port))
+            .and_then(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+                s.read_to_string(&mut body)
+            })
+            .is_ok()
+            && body.contains("hello-through-pasta")
+    });
+    assert!(ok, "no answer through pasta on {port}: {body:?}");
+    let (run_dir, id) = u.find_named(&name).expect("record");
+    let pid = record_pid(&run_dir, &id);
+    // pasta runs as passt.avx2 (or passt) under the name pasta in argv[0].
+    let pastas_of = |needle: String| {
+        processes()
+            .into_iter()
+            .filter(|p| {
+                p.cmdline.first().is_some_and(|a| a.ends_with("pasta"))
+                    && p.cmdline.iter().any(|a| a.contains(&needle))
+            })
+            .collect::<Vec<_>>()
+    };
+    let pastas = || pastas_of(format!("/proc/{pid}/ns/net"));
+    assert_eq!(pastas().len(), 1, "one pasta for the container");
+    // This passt (2023) does not quit when the namespace goes: the runtime kills it at the
+    // end, and after a SIGKILL of the runtime the next command does.
+    run.signal(libc::SIGKILL);
+    let _ = run.wait(Duration::from_secs(10));
+    let o = output(
+        rootless(&u)
+            .args(["run", "--rm", "--network", "none", "--rootfs"])
+            .arg(&r)
+            .arg("true"),
+    );
+    assert_eq!(o.code(), 0, "{}", o.stderr);
+    assert!(
+        wait_until(Duration::from_secs(5), || pastas().is_empty()),
+        "pasta outlived the container: {:?}",
+        pastas()
+    );
+    // And none is left by the earlier, normally ended runs.
+    assert!(
+        wait_until(Duration::from_secs(5), || pastas_of("/ns/net".into())
+            .iter()
+            .all(|p| p.uid != u.uid)),
+        "pasta processes left: {:?}",
+        pastas_of("/ns/net".into())
+    );
+}

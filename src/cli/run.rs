@@ -174,7 +174,7 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
         .iter()
         .map(|p| network::ports::parse(p))
         .collect::<Result<Vec<_>>>()?;
-    if !ports.is_empty() && !matches!(net_mode, network::Mode::Slirp(_)) {
+    if !ports.is_empty() && !matches!(net_mode, network::Mode::Slirp(_) | network::Mode::Pasta(_)) {
         return Err(fail(
             "-p/--publish needs a network with a helper (--network slirp4netns); with --network host the container's ports are the host's already",
         ));
@@ -358,7 +358,7 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
     // A network with a helper gets its own /etc/hosts, resolv.conf and hostname, written
     // into the runtime record once it exists and bound over the rootfs' (as podman does).
     let etc_binds: Vec<(PathBuf, &'static str)> = match net_mode {
-        network::Mode::Slirp(_) => ["hosts", "resolv.conf", "hostname"]
+        network::Mode::Slirp(_) | network::Mode::Pasta(_) => ["hosts", "resolv.conf", "hostname"]
             .into_iter()
             .map(|f| {
                 (
@@ -423,12 +423,14 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
         }
     }
     let net = match &net_mode {
-        network::Mode::Slirp(o) => Some(engine::NetworkPlan {
+        network::Mode::Slirp(o) | network::Mode::Pasta(o) => Some(engine::NetworkPlan {
+            pasta: matches!(net_mode, network::Mode::Pasta(_)),
             slirp: o.clone(),
-            api: (!ports.is_empty()).then(|| network::slirp::api_socket_path(&dirs.run, &id)),
+            api: (!ports.is_empty() && matches!(net_mode, network::Mode::Slirp(_)))
+                .then(|| network::slirp::api_socket_path(&dirs.run, &id)),
             ports: ports.clone(),
             run: dirs.run.clone(),
-            log: live.dir.join("slirp4netns.log"),
+            log: live.dir.join("network.log"),
         }),
         _ => None,
     };

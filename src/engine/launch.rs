@@ -193,7 +193,12 @@ fn write_maps(l: &Launch, pid: Pid) -> Result<()> {
     }
 }
 
-fn attach_network(n: &super::NetworkPlan, pid: Pid) -> Result<crate::network::slirp::Slirp> {
+/// Start the network helper; the returned handle ends it when dropped.
+fn attach_network(n: &super::NetworkPlan, pid: Pid) -> Result<Box<dyn std::any::Any>> {
+    if n.pasta {
+        let pasta = crate::network::pasta::start(pid.as_raw(), &n.slirp, &n.ports, &n.log)?;
+        return Ok(Box::new(pasta));
+    }
     let slirp =
         crate::network::slirp::start(pid.as_raw(), &n.slirp, n.api.as_deref(), &n.run, &n.log)?;
     if let Some(api) = &n.api {
@@ -201,7 +206,7 @@ fn attach_network(n: &super::NetworkPlan, pid: Pid) -> Result<crate::network::sl
             crate::network::slirp::add_hostfwd(api, p)?;
         }
     }
-    Ok(slirp)
+    Ok(Box::new(slirp))
 }
 
 /// Run the container to completion. `on_started` is told the pid once the command runs.

@@ -47,6 +47,8 @@ pub enum WritableLayer {
 /// A userspace network helper to attach to the container's network namespace.
 #[derive(Debug, Clone)]
 pub struct NetworkPlan {
+    /// pasta instead of slirp4netns.
+    pub pasta: bool,
     pub slirp: crate::network::SlirpOptions,
     pub ports: Vec<crate::network::PortMapping>,
     /// slirp4netns' API socket, when ports are published.

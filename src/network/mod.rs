@@ -1,6 +1,7 @@
 //! Container networking: the mode (`--network`), published ports (`-p`), and the
 //! /etc/hosts, /etc/resolv.conf and /etc/hostname the container gets.
 
+pub mod pasta;
 pub mod ports;
 pub mod slirp;
 
@@ -35,6 +36,8 @@ pub enum Mode {
     Host,
     /// A new network namespace connected by slirp4netns.
     Slirp(SlirpOptions),
+    /// A new network namespace connected by pasta (same addresses as slirp4netns).
+    Pasta(SlirpOptions),
 }
 
 /// The guest side of slirp4netns' default 10.0.2.0/24 network.
@@ -66,9 +69,11 @@ pub fn parse_mode(flag: Option<&str>, rootless: bool) -> Result<Mode> {
     match name {
         "none" if opts.is_empty() => Ok(Mode::None),
         "host" if opts.is_empty() => Ok(Mode::Host),
-        "slirp4netns" => {
-            if crate::util::find_in_path("slirp4netns").is_none() {
-                return Err(bad("--network slirp4netns: slirp4netns is not installed (apt install slirp4netns)".into()));
+        "slirp4netns" | "pasta" => {
+            let helper = if name == "pasta" { "pasta" } else { "slirp4netns" };
+            if crate::util::find_in_path(helper).is_none() {
+                let pkg = if name == "pasta" { "passt" } else { "slirp4netns" };
+                return Err(bad(format!("--network {name}: {helper} is not installed (apt install {pkg})")));
             }
             let mut o = SlirpOptions::default();
             for kv in opts.split(',').filter(|s| !s.is_empty()) {
@@ -81,19 +86,19 @@ pub fn parse_mode(flag: Option<&str>, rootless: bool) -> Result<Mode> {
                             .parse()
                             .ok()
                             .filter(|m| (68..=65521).contains(m))
-                            .ok_or_else(|| bad(format!("invalid slirp4netns mtu {v:?}: 68 to 65521")))?
+                            .ok_or_else(|| bad(format!("invalid {name} mtu {v:?}: 68 to 65521")))?
                     }
                     _ => {
                         return Err(bad(format!(
-                            "unsupported slirp4netns option {kv:?}: allow_host_loopback=true|false, mtu=N"
+                            "unsupported {name} option {kv:?}: allow_host_loopback=true|false, mtu=N"
                         )))
                     }
                 }
             }
-            Ok(Mode::Slirp(o))
+            Ok(if name == "pasta" { Mode::Pasta(o) } else { Mode::Slirp(o) })
         }
         _ => Err(bad(format!(
-            "unsupported --network {flag:?}: use none, host or slirp4netns[:allow_host_loopback=true,mtu=N]"
+            "unsupported --network {flag:?}: use none, host, slirp4netns[:allow_host_loopback=true,mtu=N] or pasta[:...]"
         ))),
     }
 }
@@ -130,7 +135,7 @@ pub fn etc_files(
 ) -> EtcFiles {
     let mut hosts =
         String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
-    if let Mode::Slirp(o) = mode {
+    if let Mode::Slirp(o) | Mode::Pasta(o) = mode {
         hosts.push_str(&format!("{SLIRP_GUEST}\t{hostname}\n"));
         if o.allow_host_loopback {
             hosts.push_str(&format!("{SLIRP_GATEWAY}\thost.containers.internal\n"));
