@@ -1489,3 +1489,39 @@ fn userns_forbidden_is_one_clear_line() {
         lines[0]
     );
 }
+
+/// The kernel overlayfs whiteout probe runs once per kernel and caches its verdict in the
+/// runtime's state; deleting a lower file works afterwards.
+#[test]
+fn overlay_whiteout_probe_is_cached() {
+    let Some(u) = test_user() else { return };
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap()
+        .trim()
+        .to_string();
+    let o = output(&mut hrun(
+        &u,
+        &[
+            "--rm",
+            "--network",
+            "none",
+            "sh",
+            "-c",
+            "rm /etc/hostname && test ! -e /etc/hostname && echo deleted",
+        ],
+    ));
+    assert_eq!(o.code(), 0, "{}", o.stderr);
+    assert_eq!(o.stdout.trim(), "deleted");
+    let cache = u
+        .run_dir_candidates()
+        .into_iter()
+        .map(|d| d.join("overlay.probe"))
+        .find(|p| p.exists())
+        .expect("overlay.probe in the run directory");
+    let text = std::fs::read_to_string(&cache).unwrap();
+    assert_eq!(text.trim(), format!("{release} ok"), "{}", cache.display());
+    assert!(
+        Path::new("/etc/hostname").exists(),
+        "the host's file was deleted"
+    );
+}

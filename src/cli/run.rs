@@ -471,6 +471,7 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
         overlay,
         mountpoint,
         network: net,
+        probe_cache: Some(dirs.run.join("overlay.probe")),
         cgroup_procs: cgroup.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
         precreate: etc_binds.iter().map(|(_, d)| PathBuf::from(d)).collect(),
         interactive: a.interactive,

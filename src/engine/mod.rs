@@ -77,6 +77,8 @@ pub struct Launch {
     pub precreate: Vec<PathBuf>,
     /// cgroup.procs files the first process goes into before it may continue.
     pub cgroup_procs: Vec<PathBuf>,
+    /// Where the kernel overlayfs whiteout probe caches its verdict.
+    pub probe_cache: Option<PathBuf>,
     /// The network helper, if any.
     pub network: Option<NetworkPlan>,
     /// Keep stdin connected.

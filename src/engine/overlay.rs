@@ -52,6 +52,52 @@ fn kernel_overlay(l: &Layers, rootless: bool) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("kernel overlayfs refused the mount ({e})"))
 }
 
+/// Whether kernel overlayfs in this user namespace can also delete (whiteouts): some
+/// kernels mount it unprivileged but refuse the whiteout device it then needs. Probed on
+/// a throw-away overlay once per kernel and cached in the runtime's state (a tmpfs, so a
+/// reboot into another kernel probes again).
+fn whiteouts_work(scratch: &Path, cache: Option<&Path>) -> Result<()> {
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().to_string())
+        .unwrap_or_default();
+    if let Some(c) = cache {
+        if let Ok(text) = fs::read_to_string(c) {
+            match text.trim().split_once(' ') {
+                Some((r, "ok")) if r == release => return Ok(()),
+                Some((r, why)) if r == release => bail!("{why}"),
+                _ => {}
+            }
+        }
+    }
+    let d = scratch.join(format!(".overlay-probe-{}", std::process::id()));
+    let probe = || -> Result<()> {
+        for sub in ["lower", "upper", "work", "merged"] {
+            mkdirs(&d.join(sub), 0o755)?;
+        }
+        fs::write(d.join("lower/f"), "")?;
+        let layers = Layers {
+            lower: d.join("lower"),
+            upper: d.join("upper"),
+            work: d.join("work"),
+            target: d.join("merged"),
+        };
+        kernel_overlay(&layers, true)?;
+        let unlinked = fs::remove_file(d.join("merged/f"));
+        let _ = nix::mount::umount2(&d.join("merged"), nix::mount::MntFlags::MNT_DETACH);
+        unlinked.map_err(|e| anyhow::anyhow!("kernel overlayfs cannot create whiteouts here ({e})"))
+    };
+    let result = probe();
+    let _ = fs::remove_dir_all(&d);
+    if let Some(c) = cache {
+        let verdict = match &result {
+            Ok(()) => "ok".to_string(),
+            Err(e) => format!("{e:#}").replace('\n', " "),
+        };
+        let _ = crate::state::write_atomic(c, format!("{release} {verdict}\n").as_bytes());
+    }
+    result
+}
+
 fn fuse_overlay(l: &Layers) -> Result<()> {
     let Some(bin) = crate::util::find_in_path("fuse-overlayfs") else {
         bail!("fuse-overlayfs is not installed (apt install fuse-overlayfs)");
@@ -133,13 +179,18 @@ fn mount_layers(
     mode: OverlayMode,
     rootless: bool,
     copy_ok: bool,
+    probe_cache: Option<&Path>,
 ) -> Result<OverlayMode> {
     match mode {
         OverlayMode::Kernel => kernel_overlay(l, rootless).map(|_| OverlayMode::Kernel),
         OverlayMode::Fuse => fuse_overlay(l).map(|_| OverlayMode::Fuse),
         OverlayMode::Copy => copy_root(l).map(|_| OverlayMode::Copy),
         OverlayMode::Auto => {
-            let kernel_err = match kernel_overlay(l, rootless) {
+            let probed = match (rootless, l.work.parent()) {
+                (true, Some(scratch)) => whiteouts_work(scratch, probe_cache),
+                _ => Ok(()),
+            };
+            let kernel_err = match probed.and_then(|_| kernel_overlay(l, rootless)) {
                 Ok(()) => return Ok(OverlayMode::Kernel),
                 Err(e) => e,
             };
@@ -234,7 +285,7 @@ fn mount_host_root(l: &Launch, scratch: &Path, mode: OverlayMode) -> Result<Moun
         let mounted = if nested.iter().any(|m| **m == host) {
             Err(anyhow::anyhow!("{} is a mount point", host.display()))
         } else {
-            mount_layers(&layers, mode, l.rootless, false)
+            mount_layers(&layers, mode, l.rootless, false, l.probe_cache.as_deref())
         };
         match mounted {
             Ok(used) => {
@@ -340,7 +391,13 @@ pub fn mount_root(l: &Launch) -> Result<MountedRoot> {
         work,
         target: target.clone(),
     };
-    let used = mount_layers(&layers, l.overlay, l.rootless, true)?;
+    let used = mount_layers(
+        &layers,
+        l.overlay,
+        l.rootless,
+        true,
+        l.probe_cache.as_deref(),
+    )?;
     Ok(MountedRoot {
         path: target,
         fuse: used == OverlayMode::Fuse,
