@@ -55,6 +55,7 @@ bare_slirp() { # ARGS for iperf3
 in_container() { # NETWORK ARGS...
     local net=$1
     shift
+    # shellcheck disable=SC2086 # RC_OPTS is a list of flags
     as_user "$RC" run --rm ${RC_OPTS:-} --network "$net" iperf3 -c 10.0.2.2 -p 5201 -t "$SECS" -J "$@" | gbps
 }
 
