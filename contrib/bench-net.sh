@@ -27,8 +27,8 @@ as_user() { setpriv --reuid="$USER_NAME" --regid="$USER_NAME" --init-groups --re
 iperf3 -s -B 127.0.0.1 -p 5201 -D --pidfile "$work/iperf3.pid"
 cleanup() {
     kill "$(cat "$work/iperf3.pid" 2>/dev/null)" 2>/dev/null || true
-    [[ -n ${NS_PID:-} ]] && kill "$NS_PID" 2>/dev/null || true
-    [[ -n ${HELPER_PID:-} ]] && kill "$HELPER_PID" 2>/dev/null || true
+    if [[ -n ${NS_PID:-} ]]; then kill "$NS_PID" 2>/dev/null || true; fi
+    if [[ -n ${HELPER_PID:-} ]]; then kill "$HELPER_PID" 2>/dev/null || true; fi
     rm -rf "$work"
 }
 trap cleanup EXIT
