@@ -1525,3 +1525,43 @@ fn overlay_whiteout_probe_is_cached() {
         "the host's file was deleted"
     );
 }
+
+/// Files a container left owned by a subordinate id are out of the user's reach, except
+/// through `rootless_container unshare`, which maps them back.
+#[test]
+fn unshare_reaches_subordinate_files() {
+    let Some((u, r)) = user_and_rootfs() else {
+        return;
+    };
+    let marker = unique("sub");
+    let _cleanup = KeptGuard(&u, marker.clone());
+    let script = format!("mkdir /{marker} && touch /{marker}/f && chown -R 1000:1000 /{marker}");
+    run_ok(
+        rootless(&u)
+            .args(["run", "--network", "none", "--rootfs"])
+            .arg(&r)
+            .args(["sh", "-c", &script]),
+    );
+    let kept = kept_containers_with(&u, &marker);
+    assert_eq!(kept.len(), 1);
+    let dir = kept[0].join("upper").join(&marker);
+    let sub = subid_ranges("/etc/subuid", &u, u.uid);
+    assert_eq!(
+        std::fs::metadata(&dir).unwrap().uid(),
+        sub[0].0 + 999,
+        "container uid 1000 is subordinate id start+999"
+    );
+    // Plain rm as the user fails on the subordinate-owned directory.
+    let plain = output(as_user(&u, "rm").args(["-rf"]).arg(&dir));
+    assert_ne!(plain.code(), 0, "rm should be refused");
+    let o = output(rootless(&u).args([
+        "unshare",
+        "sh",
+        "-c",
+        "id -u; rm -rf \"$0\"",
+        dir.to_str().unwrap(),
+    ]));
+    assert_eq!(o.code(), 0, "{}", o.stderr);
+    assert_eq!(o.stdout.trim(), "0");
+    assert!(!dir.exists(), "unshare could not remove {}", dir.display());
+}

@@ -1,6 +1,7 @@
 //! Command-line definitions (clap) and dispatch to one module per command.
 
 mod run;
+mod unshare;
 
 pub use run::userns_hint;
 
@@ -33,6 +34,16 @@ pub struct Cli {
 pub enum Command {
     /// Run a command in a new container
     Run(Box<RunArgs>),
+    /// Run a command (default: $SHELL) in a user namespace with your container id maps,
+    /// e.g. to remove files owned by your subordinate ids
+    Unshare {
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "COMMAND"
+        )]
+        command: Vec<String>,
+    },
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -206,6 +217,7 @@ pub struct RunArgs {
 pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Run(args) => run::run(*args, cli.overlay),
+        Command::Unshare { command } => unshare::unshare(command),
     }
 }
 

@@ -35,7 +35,7 @@ fn user_name(uid: u32) -> String {
 }
 
 /// Id maps for a new user namespace and how to write them. Prints at most one warning.
-fn plan_maps(
+pub(super) fn plan_maps(
     mode: UsernsMode,
     uid: u32,
     gid: u32,

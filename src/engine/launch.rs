@@ -30,7 +30,7 @@ struct CloneArgs {
 }
 
 /// fork(2) into new namespaces. Returns 0 in the child, else the child's pid and a pidfd.
-fn clone_into_namespaces(flags: u64) -> Result<(i32, Option<OwnedFd>)> {
+pub(crate) fn clone_into_namespaces(flags: u64) -> Result<(i32, Option<OwnedFd>)> {
     let mut pidfd: RawFd = -1;
     let mut args = CloneArgs {
         flags: flags | libc::CLONE_PIDFD as u64,
@@ -143,29 +143,45 @@ fn write_maps(l: &Launch, pid: Pid) -> Result<()> {
             })
             .collect()
     };
-    let (uids, gids) = (conv(linux.uid_mappings()), conv(linux.gid_mappings()));
-    match &l.maps {
+    let root_inside = l
+        .spec
+        .process()
+        .as_ref()
+        .map(|p| (p.user().uid(), p.user().gid()))
+        == Some((0, 0));
+    write_id_maps(
+        &l.maps,
+        pid,
+        &conv(linux.uid_mappings()),
+        &conv(linux.gid_mappings()),
+        root_inside,
+    )
+}
+
+/// Write the id maps of `pid`'s new user namespace. When a helper fails and only root is
+/// needed inside (`single_ok`), fall back to the single mapping a user may write.
+pub(crate) fn write_id_maps(
+    writer: &MapWriter,
+    pid: Pid,
+    uids: &[userns::IdMap],
+    gids: &[userns::IdMap],
+    single_ok: bool,
+) -> Result<()> {
+    match writer {
         MapWriter::Helpers {
             newuidmap,
             newgidmap,
         } => {
             // Both helpers at once: each is a setuid exec, the slowest part of start-up.
-            let u = userns::spawn_map_helper(newuidmap, pid, &uids)?;
-            let g = userns::spawn_map_helper(newgidmap, pid, &gids)?;
+            let u = userns::spawn_map_helper(newuidmap, pid, uids)?;
+            let g = userns::spawn_map_helper(newgidmap, pid, gids)?;
             let ur = userns::finish_map_helper("newuidmap", u);
             let gr = userns::finish_map_helper("newgidmap", g);
             if ur.is_ok() && gr.is_ok() {
                 return Ok(());
             }
-            // A broken helper or range need not stop a container that runs as root inside:
-            // fall back to the single mapping a user may write, as with no helper at all.
-            let user = l
-                .spec
-                .process()
-                .as_ref()
-                .map(|p| (p.user().uid(), p.user().gid()));
             let err = ur.as_ref().err().or(gr.as_ref().err()).expect("one failed");
-            if user != Some((0, 0)) {
+            if !single_ok {
                 bail!("{err:#}");
             }
             eprintln!("rootless_container: warning: {err:#}; running with a single id mapping (only root inside)");
@@ -178,17 +194,17 @@ fn write_maps(l: &Launch, pid: Pid) -> Result<()> {
             };
             if gr.is_err() {
                 userns::deny_setgroups(pid)?;
-                userns::write_map_direct(pid, "gid_map", &own(&gids))?;
+                userns::write_map_direct(pid, "gid_map", &own(gids))?;
             }
             if ur.is_err() {
-                userns::write_map_direct(pid, "uid_map", &own(&uids))?;
+                userns::write_map_direct(pid, "uid_map", &own(uids))?;
             }
             Ok(())
         }
         MapWriter::Direct => {
             userns::deny_setgroups(pid)?;
-            userns::write_map_direct(pid, "uid_map", &uids)?;
-            userns::write_map_direct(pid, "gid_map", &gids)
+            userns::write_map_direct(pid, "uid_map", uids)?;
+            userns::write_map_direct(pid, "gid_map", gids)
         }
     }
 }

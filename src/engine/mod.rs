@@ -11,7 +11,7 @@ mod rootfs;
 pub mod seal;
 pub mod seccomp;
 mod security;
-mod sync;
+pub(crate) mod sync;
 mod tty;
 pub mod userns;
 
@@ -20,6 +20,7 @@ use std::path::PathBuf;
 
 pub use crate::cli::OverlayMode;
 pub use launch::run;
+pub(crate) use launch::{clone_into_namespaces, write_id_maps};
 pub use tty::require_terminal_stdin;
 
 /// How the id maps of a new user namespace are written.

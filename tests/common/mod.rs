@@ -747,6 +747,14 @@ pub fn remove_kept(user: &User, marker: &str) {
             .stderr(Stdio::null())
             .status();
         let _ = std::fs::remove_dir_all(&p);
+        if p.exists() {
+            // Not root: files owned by subordinate ids need the user namespace.
+            let _ = rootless(user)
+                .args(["unshare", "rm", "-rf"])
+                .arg(&p)
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
