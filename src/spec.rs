@@ -238,12 +238,25 @@ pub fn environment(
         let text = std::fs::read_to_string(f).map_err(|e| {
             ExitError::new(125, format!("cannot read env file {}: {e}", f.display()))
         })?;
-        entries.extend(
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(str::to_string),
-        );
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let key = line.split('=').next().unwrap_or("");
+            if key.is_empty() || key.contains(char::is_whitespace) {
+                return Err(ExitError::new(
+                    125,
+                    format!(
+                        "env file {} line {}: invalid variable name {key:?}",
+                        f.display(),
+                        n + 1
+                    ),
+                )
+                .into());
+            }
+            entries.push(line.to_string());
+        }
     }
     entries.extend(flags.iter().cloned());
     for e in entries {

@@ -839,8 +839,30 @@ fn bad_flags_are_125() {
     assert!(o.stderr.contains("root"), "{}", o.stderr);
     let o = run_code(&mut brun(&u, &r, &["--hostname", "bad name", "true"]), 125);
     assert!(o.stderr.contains("hostname"), "{}", o.stderr);
-    let o = run_code(&mut brun(&u, &r, &["--name", "-bad", "true"]), 125);
+    let o = run_code(&mut brun(&u, &r, &["--name=-bad", "true"]), 125);
     assert!(o.stderr.contains("name"), "{}", o.stderr);
+    // A mistyped option is an error, not the command; parser errors are one line, 125.
+    for bad in [
+        vec!["--rmm", "sh", "-c", "echo ran"],
+        vec!["--userns", "bogus", "true"],
+        vec!["--rootfs"],
+    ] {
+        let mut c = rootless(&u);
+        c.arg("run").args(&bad);
+        let o = run_code(&mut c, 125);
+        assert_eq!(o.stdout, "", "{bad:?} ran something");
+        assert_eq!(o.stderr.lines().count(), 1, "{bad:?}: {}", o.stderr);
+    }
+    let o = run_code(
+        &mut brun(&u, &r, &["-p", "18085:80", "-p", "18085:81", "true"]),
+        125,
+    );
+    assert!(o.stderr.contains("twice"), "{}", o.stderr);
+    let o = run_code(
+        &mut brun(&u, &r, &["--network", "none", "--dns", "192.0.2.1", "true"]),
+        125,
+    );
+    assert!(o.stderr.contains("--dns"), "{}", o.stderr);
     let o = run_code(&mut brun(&u, &r, &["-w", "relative", "true"]), 125);
     assert!(o.stderr.contains("relative"), "{}", o.stderr);
 }

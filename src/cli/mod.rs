@@ -37,11 +37,7 @@ pub enum Command {
     /// Run a command (default: $SHELL) in a user namespace with your container id maps,
     /// e.g. to remove files owned by your subordinate ids
     Unshare {
-        #[arg(
-            trailing_var_arg = true,
-            allow_hyphen_values = true,
-            value_name = "COMMAND"
-        )]
+        #[arg(trailing_var_arg = true, value_name = "COMMAND")]
         command: Vec<String>,
     },
 }
@@ -204,12 +200,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "MODE")]
     pub cgroupns: Option<String>,
 
-    /// Command and arguments (default: /bin/sh)
-    #[arg(
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "COMMAND"
-    )]
+    /// Command and arguments (default: /bin/sh). A mistyped option before the command is an
+    /// error, not the command; use `--` before a command that starts with '-'.
+    #[arg(trailing_var_arg = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }
 

@@ -69,7 +69,12 @@ pub(super) fn plan_maps(
         if root {
             bail!("--userns needs subordinate ids for root: {why}");
         }
-        eprintln!("rootless_container: warning: {why}; running with a single id mapping (only root inside)");
+        let only = if mode == UsernsMode::KeepId {
+            "only your own uid inside"
+        } else {
+            "only root inside"
+        };
+        eprintln!("rootless_container: warning: {why}; running with a single id mapping ({only})");
         return Ok((single(uid), single(gid), MapWriter::Direct));
     }
     let (u, g) = match mode {
@@ -125,6 +130,20 @@ fn launch_hostname(spec: &oci_spec::runtime::Spec) -> &str {
     spec.hostname().as_deref().unwrap_or("localhost")
 }
 
+/// "0-65536" style list of the container ids a map covers.
+fn ranges(maps: &[userns::IdMap]) -> String {
+    maps.iter()
+        .map(|m| {
+            if m.count == 1 {
+                m.inside.to_string()
+            } else {
+                format!("{}-{}", m.inside, m.inside as u64 + m.count as u64 - 1)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn check_hostname(h: &str) -> Result<()> {
     let ok = !h.is_empty()
         && h.len() <= 64
@@ -176,7 +195,31 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
         .collect::<Result<Vec<_>>>()?;
     if !ports.is_empty() && !matches!(net_mode, network::Mode::Slirp(_) | network::Mode::Pasta(_)) {
         return Err(fail(
-            "-p/--publish needs a network with a helper (--network slirp4netns); with --network host the container's ports are the host's already",
+            "-p/--publish needs a network with a helper (--network slirp4netns or pasta); with --network host the container's ports are the host's already",
+        ));
+    }
+    for (i, p) in ports.iter().enumerate() {
+        if ports[..i]
+            .iter()
+            .any(|q| q.host_port == p.host_port && q.proto == p.proto && q.host_ip == p.host_ip)
+        {
+            return Err(fail(format!(
+                "host port {}/{} is published twice; give each -p its own host port",
+                p.host_port,
+                p.proto.name()
+            )));
+        }
+    }
+    if (!a.dns.is_empty() || !a.add_host.is_empty())
+        && !matches!(net_mode, network::Mode::Slirp(_) | network::Mode::Pasta(_))
+    {
+        return Err(fail(
+            "--dns and --add-host need a network with a helper (--network slirp4netns or pasta): with none or host the container keeps the root filesystem's /etc files",
+        ));
+    }
+    if rootless && a.cgroup_parent.is_some() {
+        return Err(fail(
+            "--cgroup-parent needs root (the cgroupfs manager); run without it",
         ));
     }
     for p in &ports {
@@ -289,6 +332,15 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
     } else {
         (None, MapWriter::Direct)
     };
+    // slirp4netns needs a root inside the user namespace, which keep-id under a single map
+    // does not have (it fails with "parent failed").
+    if let (Some((u, _)), network::Mode::Slirp(_)) = (&maps, &net_mode) {
+        if !userns::is_mapped(u, 0) {
+            return Err(fail(
+                "--userns keep-id without subordinate ids leaves no root in the container, which slirp4netns needs; use --network pasta or none, or add a /etc/subuid range",
+            ));
+        }
+    }
 
     // The user the command runs as, resolved in the container's own passwd/group files.
     let read_etc =
@@ -311,12 +363,12 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
     if let Some((u, g)) = &maps {
         if !userns::is_mapped(u, user.uid) || !userns::is_mapped(g, user.gid) {
             return Err(fail(format!(
-                "user {}:{} is not mapped in the container's user namespace (maps: uid {:?}, gid {:?}); \
-                 give the user a large enough /etc/subuid and /etc/subgid range",
+                "user {}:{} is not mapped in the container's user namespace (container uids {}, gids {}); \
+                 use an id in that range, --userns keep-id for your own, or a larger /etc/subuid and /etc/subgid range",
                 user.uid,
                 user.gid,
-                u.iter().map(|m| (m.inside, m.count)).collect::<Vec<_>>(),
-                g.iter().map(|m| (m.inside, m.count)).collect::<Vec<_>>()
+                ranges(u),
+                ranges(g)
             )));
         }
     }

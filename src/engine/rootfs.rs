@@ -317,7 +317,16 @@ pub fn setup(l: &Launch) -> Result<()> {
     }
     // Docker creates a missing working directory.
     if let Some(p) = l.spec.process().as_ref() {
-        let _ = mkdir_all_in_root(&root, p.cwd());
+        mkdir_all_in_root(&root, p.cwd()).map_err(|e| {
+            crate::exit::ExitError::new(
+                125,
+                format!(
+                    "cannot create the working directory {} ({:#}): its parent may belong to an id that is not mapped in the container; choose another -w",
+                    p.cwd().display(),
+                    e
+                ),
+            )
+        })?;
     }
     let readonly = l
         .spec
