@@ -23,8 +23,40 @@ pub const FORWARDED: [Signal; 13] = [
     Signal::SIGPIPE,
 ];
 
+/// The init is a copy of the runtime: its command line (visible to `ps` inside the
+/// container) would show the host's paths and flags. Overwrite it in place, as
+/// setproctitle does; PR_SET_MM would need CAP_SYS_RESOURCE on the host.
+fn hide_command_line() {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return;
+    };
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // arg_start and arg_end are fields 48 and 49 of stat; `rest` starts at field 3.
+    let (Some(start), Some(end)) = (
+        fields.get(45).and_then(|v| v.parse::<usize>().ok()),
+        fields.get(46).and_then(|v| v.parse::<usize>().ok()),
+    ) else {
+        return;
+    };
+    let title = b"rootless_container-init\0";
+    if start == 0 || end <= start || end - start < title.len() {
+        return;
+    }
+    // SAFETY: [arg_start, arg_end) is this process's own writable argument area, which
+    // nothing reads any more (std copied argv at start-up).
+    unsafe {
+        std::ptr::write_bytes(start as *mut u8, 0, end - start);
+        std::ptr::copy_nonoverlapping(title.as_ptr(), start as *mut u8, title.len());
+    }
+}
+
 /// Runs as PID 1 with `child` the command. Never returns.
 pub fn run_init(child: Pid, mut set: SigSet) -> ! {
+    hide_command_line();
     set.add(Signal::SIGCHLD);
     let exit_of = |st: WaitStatus| match st {
         WaitStatus::Exited(_, c) => Some(c),
