@@ -45,6 +45,22 @@ pub const SLIRP_GUEST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
 pub const SLIRP_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
 pub const SLIRP_DNS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 3);
 
+/// One line for a helper that failed to set up the network, from its messages: the
+/// /dev/net/tun case (hosts without udev) names its fix.
+pub fn helper_failure(helper: &str, messages: &str) -> anyhow::Error {
+    let last = messages
+        .lines()
+        .rfind(|l| !l.trim().is_empty() && !l.contains("to syslog"))
+        .unwrap_or("no output");
+    if messages.contains("/dev/net/tun") || messages.contains("open tun") {
+        return anyhow::anyhow!(
+            "{helper} cannot open /dev/net/tun ({last}): hosts without udev leave it mode 0600; \
+             as root run `chmod 0666 /dev/net/tun` (what a distribution ships), or use --network none"
+        );
+    }
+    anyhow::anyhow!("{helper} failed to set up the network: {last}")
+}
+
 fn bad(msg: String) -> anyhow::Error {
     ExitError::new(125, msg).into()
 }

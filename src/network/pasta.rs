@@ -4,7 +4,7 @@
 
 use super::ports::{PortMapping, Proto};
 use super::{SlirpOptions, SLIRP_DNS, SLIRP_GATEWAY, SLIRP_GUEST};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -115,18 +115,7 @@ pub fn start(pid: i32, opts: &SlirpOptions, ports: &[PortMapping], log: &Path) -
     if !out.status.success() {
         let mut msg = std::fs::read_to_string(log).unwrap_or_default();
         msg.push_str(&String::from_utf8_lossy(&out.stderr));
-        let last = msg
-            .lines()
-            .rfind(|l| !l.trim().is_empty() && !l.contains("to syslog"))
-            .unwrap_or("no output")
-            .to_string();
-        if msg.contains("/dev/net/tun") {
-            bail!(
-                "pasta cannot open /dev/net/tun ({last}): hosts without udev leave it mode 0600; \
-                 as root run `chmod 0666 /dev/net/tun` (what a distribution ships), or use --network none"
-            );
-        }
-        bail!("pasta failed to set up the network: {last}");
+        return Err(super::helper_failure("pasta", &msg));
     }
     let daemon = std::fs::read_to_string(pid_file(record))
         .ok()

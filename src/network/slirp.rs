@@ -149,18 +149,7 @@ pub fn start(
         let _ = slirp.child.kill();
         let _ = slirp.child.wait();
         let msg = std::fs::read_to_string(log).unwrap_or_default();
-        let last = msg
-            .lines()
-            .rfind(|l| !l.trim().is_empty())
-            .unwrap_or("no output")
-            .to_string();
-        if msg.contains("/dev/net/tun") {
-            bail!(
-                "slirp4netns cannot open /dev/net/tun ({last}): hosts without udev leave it mode 0600; \
-                 as root run `chmod 0666 /dev/net/tun` (what a distribution ships), or use --network none"
-            );
-        }
-        bail!("slirp4netns failed to set up the network: {last}");
+        return Err(super::helper_failure("slirp4netns", &msg));
     }
     Ok(slirp)
 }
