@@ -22,7 +22,8 @@ work=$(mktemp -d /tmp/rc-bench-net.XXXXXX)
 chmod 755 "$work"
 install -m 0755 "$src" "$work/rootless_container"
 RC=$work/rootless_container
-as_user() { setpriv --reuid="$USER_NAME" --regid="$USER_NAME" --init-groups --reset-env "$@"; }
+SETPRIV=(setpriv --reuid="$USER_NAME" --regid="$USER_NAME" --init-groups --reset-env)
+as_user() { "${SETPRIV[@]}" "$@"; }
 
 iperf3 -s -B 127.0.0.1 -p 5201 -D --pidfile "$work/iperf3.pid"
 cleanup() {
@@ -38,12 +39,14 @@ gbps() { python3 -c 'import json,sys; d=json.load(sys.stdin); print("%.2f" % (d[
 
 # The helper's own figure: slirp4netns on a bare user+network namespace.
 bare_slirp() { # ARGS for iperf3
-    as_user unshare --user --map-root-user --net sleep 60 &
+    # Not through the as_user function: `func &` forks a subshell, and $! would be that
+    # subshell, not the process to kill.
+    "${SETPRIV[@]}" unshare --user --map-root-user --net sleep 60 &
     NS_PID=$!
     sleep 0.2
     local target
     target=$(pgrep -P "$NS_PID" sleep || echo "$NS_PID")
-    as_user slirp4netns --configure --mtu=65520 "$target" tap0 >/dev/null 2>&1 &
+    "${SETPRIV[@]}" slirp4netns --configure --mtu=65520 "$target" tap0 >/dev/null 2>&1 &
     HELPER_PID=$!
     sleep 0.5
     nsenter -t "$target" -U -n --preserve-credentials iperf3 -c 10.0.2.2 -p 5201 -t "$SECS" -J "$@" | gbps
