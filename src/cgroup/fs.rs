@@ -217,16 +217,8 @@ impl FsCgroup {
         if let (Some(d), Some(c)) = (self.dir("cpuset"), &l.cpuset_cpus) {
             write(d, "cpuset.cpus", c)?;
         }
-        if let (Some(d), Some(p)) = (self.dir("pids"), l.pids) {
-            write(
-                d,
-                "pids.max",
-                &if p < 0 {
-                    "max".to_string()
-                } else {
-                    p.to_string()
-                },
-            )?;
+        if let (Some(d), Some(p)) = (self.dir("pids"), l.pids_max()) {
+            write(d, "pids.max", &p)?;
         }
         if let (Some(d), Some(w)) = (self.dir("blkio"), l.blkio_weight) {
             if !d.join("blkio.weight").exists() {
@@ -269,16 +261,8 @@ impl FsCgroup {
         if let Some(c) = &l.cpuset_cpus {
             write(d, "cpuset.cpus", c)?;
         }
-        if let Some(p) = l.pids {
-            write(
-                d,
-                "pids.max",
-                &if p < 0 {
-                    "max".to_string()
-                } else {
-                    p.to_string()
-                },
-            )?;
+        if let Some(p) = l.pids_max() {
+            write(d, "pids.max", &p)?;
         }
         if let Some(w) = l.blkio_weight {
             write(

@@ -132,6 +132,17 @@ impl Limits {
         })
     }
 
+    /// The pids.max value (both cgroup versions): a number, or "max" for -1.
+    pub fn pids_max(&self) -> Option<String> {
+        self.pids.map(|p| {
+            if p < 0 {
+                "max".to_string()
+            } else {
+                p.to_string()
+            }
+        })
+    }
+
     /// CFS quota for --cpus over a 100 ms period.
     pub fn cpu_quota_us(&self) -> Option<(u64, u64)> {
         self.cpus

@@ -27,14 +27,6 @@ pub fn main(l: &Launch, sock: RawFd, sigs: SigSet) -> ! {
 
 enum Never {}
 
-fn has_ns(l: &Launch, t: LinuxNamespaceType) -> bool {
-    l.spec
-        .linux()
-        .as_ref()
-        .and_then(|x| x.namespaces().as_ref())
-        .is_some_and(|ns| ns.iter().any(|n| n.typ() == t))
-}
-
 /// Bring the loopback interface of a new network namespace up.
 fn loopback_up() -> Result<()> {
     // SAFETY: plain socket + ioctl on a zeroed ifreq naming "lo".
@@ -72,17 +64,17 @@ fn setup_and_exec(l: &Launch, sock: RawFd, sigs: SigSet) -> Result<Never> {
     // non-dumpable process's root-owned /proc entries would refuse.
     // SAFETY: prctl with constant arguments.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
-    if has_ns(l, LinuxNamespaceType::Cgroup) {
+    if l.creates_namespace(LinuxNamespaceType::Cgroup) {
         // Only now, once the runtime has placed us in our cgroup, so that it becomes our root.
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
             .context("create the cgroup namespace")?;
     }
-    if has_ns(l, LinuxNamespaceType::Uts) {
+    if l.creates_namespace(LinuxNamespaceType::Uts) {
         if let Some(h) = l.spec.hostname() {
             nix::unistd::sethostname(h).context("set the hostname")?;
         }
     }
-    if has_ns(l, LinuxNamespaceType::Network) {
+    if l.creates_namespace(LinuxNamespaceType::Network) {
         loopback_up()?;
     }
     let seccomp = match l.spec.linux().as_ref().and_then(|x| x.seccomp().as_ref()) {

@@ -89,3 +89,14 @@ pub struct Launch {
     pub preserve_fds: u32,
     pub privileged: bool,
 }
+
+impl Launch {
+    /// Whether the spec asks for a new namespace of type `t` (not one joined by path).
+    pub fn creates_namespace(&self, t: oci_spec::runtime::LinuxNamespaceType) -> bool {
+        self.spec
+            .linux()
+            .as_ref()
+            .and_then(|x| x.namespaces().as_ref())
+            .is_some_and(|ns| ns.iter().any(|n| n.typ() == t && n.path().is_none()))
+    }
+}

@@ -13,14 +13,6 @@ use std::path::Path;
 /// Device nodes every container gets, bound from the host (a user namespace cannot mknod).
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
-fn has_namespace(l: &Launch, t: LinuxNamespaceType) -> bool {
-    l.spec
-        .linux()
-        .as_ref()
-        .and_then(|x| x.namespaces().as_ref())
-        .is_some_and(|ns| ns.iter().any(|n| n.typ() == t && n.path().is_none()))
-}
-
 /// Bind `src` onto `dest` inside the root, then apply `flags` on the new mount (reached
 /// by resolving `dest` again: the fd we mounted on still points below the new mount).
 fn bind_into(
@@ -297,7 +289,7 @@ pub fn setup(l: &Launch) -> Result<()> {
     let new_root = mounted.path;
     let root = open_dir(&new_root)?;
     for m in l.spec.mounts().as_deref().unwrap_or(&[]) {
-        if !has_namespace(l, LinuxNamespaceType::Network)
+        if !l.creates_namespace(LinuxNamespaceType::Network)
             && m.typ().as_deref() == Some("sysfs")
             && l.rootless
         {
