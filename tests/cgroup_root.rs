@@ -27,7 +27,10 @@ fn cgroup_dirs_of(id: &str) -> Vec<PathBuf> {
             if !e.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
             }
-            if e.file_name() == id {
+            // cgroupfs names the directory by id; systemd's scope is rootless_container-<id>.scope.
+            if e.file_name() == id
+                || e.file_name().to_string_lossy() == format!("rootless_container-{id}.scope")
+            {
                 out.push(p);
             } else {
                 walk(&p, id, depth + 1, out);
@@ -100,7 +103,9 @@ fn memory_limit_is_written_and_removed_afterwards() {
         read(&mem.join("memory.limit_in_bytes"))
     };
     assert_eq!(limit, (48u64 << 20).to_string());
-    let procs = read(&mem.join("cgroup.procs"));
+    // cgroupfs: the process is in the cgroup itself; systemd: in its `container` leaf.
+    let procs = read(&mem.join("cgroup.procs"))
+        + &std::fs::read_to_string(mem.join("container/cgroup.procs")).unwrap_or_default();
     assert!(
         !procs.is_empty(),
         "the container's processes are in its cgroup"
@@ -126,8 +131,9 @@ fn memory_limit_is_written_and_removed_afterwards() {
             .arg("true"),
     );
     assert_eq!(o.code(), 0, "{}", o.stderr);
+    // systemd collects an emptied scope on its own, a moment later.
     assert!(
-        cgroup_dirs_of(&id).is_empty(),
+        wait_until(Duration::from_secs(10), || cgroup_dirs_of(&id).is_empty()),
         "stale cgroups left: {:?}",
         cgroup_dirs_of(&id)
     );
@@ -224,15 +230,20 @@ fn normal_exit_removes_the_cgroups() {
         };
         for e in entries.flatten() {
             if depth < 8 && e.file_type().is_ok_and(|t| t.is_dir()) {
-                if e.file_name().to_string_lossy().starts_with(prefix) {
+                // cgroupfs: <id>; systemd: rootless_container-<id>.scope.
+                if e.file_name().to_string_lossy().contains(prefix) {
                     out.push(e.path());
                 }
                 walk(&e.path(), prefix, depth + 1, out);
             }
         }
     }
-    walk(Path::new("/sys/fs/cgroup"), &prefix, 0, &mut left);
-    assert!(left.is_empty(), "cgroups left after exit: {left:?}");
+    let gone = wait_until(Duration::from_secs(10), || {
+        left.clear();
+        walk(Path::new("/sys/fs/cgroup"), &prefix, 0, &mut left);
+        left.is_empty()
+    });
+    assert!(gone, "cgroups left after exit: {left:?}");
 }
 
 #[test]

@@ -8,18 +8,13 @@ use anyhow::{bail, Context, Result};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-const ROOT: &str = "/sys/fs/cgroup";
+use super::v2::{self, write, ROOT};
 
 /// One directory per hierarchy the container's limits need.
 #[derive(Debug)]
 pub struct FsCgroup {
     dirs: Vec<(String, PathBuf)>,
     v2: bool,
-}
-
-fn write(dir: &Path, file: &str, value: &str) -> Result<()> {
-    fs::write(dir.join(file), value)
-        .with_context(|| format!("write {value:?} to {}", dir.join(file).display()))
 }
 
 /// The runtime's own cgroup path in the hierarchy whose /proc/self/cgroup line matches.
@@ -45,6 +40,12 @@ fn v1_mount(controller: &str) -> Option<PathBuf> {
             None
         }
     })
+}
+
+/// The runtime's own cgroup on a cgroup v2 host.
+pub fn own_v2_dir() -> Option<PathBuf> {
+    let own = own_path(|c| c.is_empty())?;
+    Some(Path::new(ROOT).join(own.trim_start_matches('/')))
 }
 
 pub fn is_unified() -> bool {
@@ -108,15 +109,10 @@ impl FsCgroup {
         };
         if v2 {
             let dir = Path::new(ROOT).join(rel(own_path(|c| c.is_empty())));
-            let available =
-                fs::read_to_string(Path::new(ROOT).join("cgroup.controllers")).unwrap_or_default();
-            let mut want: Vec<&str> = needed(limits)
-                .iter()
-                .map(|c| if *c == "blkio" { "io" } else { c })
-                .collect();
-            want.retain(|c| !c.is_empty());
+            let available = v2::controllers(Path::new(ROOT));
+            let want: Vec<&str> = limits.controllers().iter().map(|(c, _)| *c).collect();
             for c in &want {
-                if !available.split_whitespace().any(|a| a == *c) {
+                if !available.iter().any(|a| a == c) {
                     bail!(ExitError::new(
                         125,
                         format!("the {c} controller is not available in this cgroup v2 hierarchy")
@@ -127,29 +123,24 @@ impl FsCgroup {
             cg.dirs.push(("unified".into(), dir.clone()));
             // Enable the controllers on the way down (the base must have no processes of its
             // own for this, as cgroup v2 demands).
-            let enable: String = want.iter().map(|c| format!("+{c} ")).collect();
-            if !enable.is_empty() {
+            let parent_rel = dir
+                .parent()
+                .and_then(|p| p.strip_prefix(ROOT).ok())
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
+            let set_up = || -> Result<()> {
                 let mut cur = PathBuf::from(ROOT);
-                let mut levels = vec![cur.clone()];
-                let parent_rel = dir
-                    .parent()
-                    .and_then(|p| p.strip_prefix(ROOT).ok())
-                    .map(Path::to_path_buf)
-                    .unwrap_or_default();
+                v2::enable_controllers(&cur, &want)?;
                 for comp in parent_rel.components() {
                     cur.push(comp);
-                    levels.push(cur.clone());
+                    v2::enable_controllers(&cur, &want)?;
                 }
-                for p in levels {
-                    fs::write(p.join("cgroup.subtree_control"), enable.trim()).map_err(|e| {
-                        anyhow::Error::from(ExitError::new(
-                            125,
-                            format!("cannot enable {} in {}: {e} (cgroup v2 allows it only where no process lives; use --cgroup-parent)", enable.trim(), p.display()),
-                        ))
-                    })?;
-                }
+                v2::apply(&dir, limits)
+            };
+            if let Err(e) = set_up() {
+                cg.remove();
+                return Err(e);
             }
-            cg.apply_v2(limits)?;
         } else {
             for c in needed(limits) {
                 let mount = v1_mount(c).ok_or_else(|| {
@@ -232,79 +223,21 @@ impl FsCgroup {
         Ok(())
     }
 
-    fn apply_v2(&self, l: &Limits) -> Result<()> {
-        let Some(d) = self.dir("unified") else {
-            return Ok(());
-        };
-        if let Some(m) = l.memory {
-            write(d, "memory.max", &m.to_string())?;
-            let swap = match l.memory_swap {
-                Some(-1) => "max".to_string(),
-                Some(s) => (s as u64 - m).to_string(),
-                None => m.to_string(),
-            };
-            if d.join("memory.swap.max").exists() {
-                write(d, "memory.swap.max", &swap)?;
-            }
-        }
-        if let Some(r) = l.memory_reservation {
-            write(d, "memory.low", &r.to_string())?;
-        }
-        if let Some((quota, period)) = l.cpu_quota_us() {
-            write(d, "cpu.max", &format!("{quota} {period}"))?;
-        }
-        if let Some(s) = l.cpu_shares {
-            // The OCI conversion from shares to weight.
-            let w = 1 + ((s.saturating_sub(2)) * 9999) / 262142;
-            write(d, "cpu.weight", &w.to_string())?;
-        }
-        if let Some(c) = &l.cpuset_cpus {
-            write(d, "cpuset.cpus", c)?;
-        }
-        if let Some(p) = l.pids_max() {
-            write(d, "pids.max", &p)?;
-        }
-        if let Some(w) = l.blkio_weight {
-            write(
-                d,
-                "io.weight",
-                &format!("default {}", 1 + (w as u32 - 10) * 9999 / 990),
-            )?;
+    /// Put `pid` into the container's cgroups (every hierarchy).
+    pub fn place(&self, pid: i32) -> Result<()> {
+        for (_, d) in &self.dirs {
+            let procs = d.join("cgroup.procs");
+            fs::write(&procs, pid.to_string())
+                .with_context(|| format!("move the container into {}", procs.display()))?;
         }
         Ok(())
     }
 
-    /// The cgroup.procs files the container's first process is written into.
-    pub fn procs_files(&self) -> Vec<PathBuf> {
-        self.dirs
-            .iter()
-            .map(|(_, d)| d.join("cgroup.procs"))
-            .collect()
-    }
-
     /// Whether the kernel's OOM killer killed a process of the container.
     pub fn oom_killed(&self) -> bool {
-        let count = |text: String, key: &str| {
-            text.lines()
-                .find_map(|l| {
-                    l.strip_prefix(key)
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                })
-                .unwrap_or(0)
-        };
         match self.dir("memory") {
-            Some(d) if self.v2 => {
-                count(
-                    fs::read_to_string(d.join("memory.events")).unwrap_or_default(),
-                    "oom_kill ",
-                ) > 0
-            }
-            Some(d) => {
-                count(
-                    fs::read_to_string(d.join("memory.oom_control")).unwrap_or_default(),
-                    "oom_kill ",
-                ) > 0
-            }
+            Some(d) if self.v2 => v2::oom_killed(d),
+            Some(d) => v2::events_count(&d.join("memory.oom_control"), "oom_kill") > 0,
             None => false,
         }
     }
@@ -312,14 +245,7 @@ impl FsCgroup {
     /// Remove the cgroups (all processes are gone once the container's PID 1 is reaped).
     pub fn remove(&self) {
         for (_, d) in &self.dirs {
-            for _ in 0..50 {
-                match fs::remove_dir(d) {
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                        std::thread::sleep(std::time::Duration::from_millis(2))
-                    }
-                    _ => break,
-                }
-            }
+            super::remove_dir_retrying(d);
         }
     }
 }

@@ -143,6 +143,29 @@ impl Limits {
         })
     }
 
+    /// The cgroup v2 controllers these limits need, each with the flag that needs it.
+    pub fn controllers(&self) -> Vec<(&'static str, &'static str)> {
+        let mut v = Vec::new();
+        let mut need = |on: bool, c: &'static str, flag: &'static str| {
+            if on && !v.iter().any(|(x, _)| *x == c) {
+                v.push((c, flag));
+            }
+        };
+        need(self.memory.is_some(), "memory", "--memory");
+        need(self.memory_swap.is_some(), "memory", "--memory-swap");
+        need(
+            self.memory_reservation.is_some(),
+            "memory",
+            "--memory-reservation",
+        );
+        need(self.cpus.is_some(), "cpu", "--cpus");
+        need(self.cpu_shares.is_some(), "cpu", "--cpu-shares");
+        need(self.cpuset_cpus.is_some(), "cpuset", "--cpuset-cpus");
+        need(self.pids.is_some(), "pids", "--pids-limit");
+        need(self.blkio_weight.is_some(), "io", "--blkio-weight");
+        v
+    }
+
     /// CFS quota for --cpus over a 100 ms period.
     pub fn cpu_quota_us(&self) -> Option<(u64, u64)> {
         self.cpus

@@ -1,6 +1,8 @@
 //! `run`: flags -> OCI spec -> engine, with the container's runtime record around it.
 
 use super::{OverlayMode, RunArgs, UsernsMode};
+use crate::cgroup::systemd::{self, Bus};
+use crate::cgroup::{Cgroup, Limits};
 use crate::engine::{self, userns, Launch, MapWriter, WritableLayer};
 use crate::exit::ExitError;
 use crate::network;
@@ -8,6 +10,7 @@ use crate::spec::{self, ResolvedUser, SpecInput};
 use crate::state::{self, Dirs, Live, Record, Status};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 fn fail(msg: impl Into<String>) -> anyhow::Error {
     ExitError::new(125, msg).into()
@@ -255,7 +258,7 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
             }
         }
     }
-    let limits = crate::cgroup::Limits::parse(
+    let limits = Limits::parse(
         a.memory.as_deref(),
         a.memory_swap.as_deref(),
         a.memory_reservation.as_deref(),
@@ -274,28 +277,12 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
             )))
         }
     };
-    match a.cgroup_manager.as_deref() {
-        None | Some("cgroupfs") => {}
-        Some("disabled") if limits.is_empty() => {}
-        Some("disabled") => return Err(fail("resource limits need a cgroup manager; drop --cgroup-manager disabled")),
-        Some("systemd") => {
-            return Err(fail(
-                "--cgroup-manager systemd is not implemented in this version; use cgroupfs (root) or run without limits",
-            ))
-        }
-        Some(other) => return Err(fail(format!("invalid --cgroup-manager {other:?}: cgroupfs, systemd or disabled"))),
-    }
-    if rootless && !limits.is_empty() {
-        let why = if crate::cgroup::fs::is_unified() {
-            "this version cannot yet ask systemd for a delegated cgroup v2 subtree"
-        } else {
-            "this host's cgroups are v1/hybrid, so no cgroup v2 subtree can be delegated to you"
-        };
-        return Err(fail(format!(
-            "resource limits (--memory, --cpus, --pids-limit, ...) are unavailable rootless here: {why}; run without them, or as root"
-        )));
-    }
-    let use_cgroups = !limits.is_empty() && a.cgroup_manager.as_deref() != Some("disabled");
+    let manager = cgroup_manager(
+        a.cgroup_manager.as_deref(),
+        rootless,
+        &limits,
+        a.cgroup_parent.is_some(),
+    )?;
     let host_rootfs = a.rootfs.is_none();
     let rootfs: PathBuf = match &a.rootfs {
         None => PathBuf::from("/"),
@@ -500,19 +487,22 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
             work: base.join("work"),
         }
     };
-    // The container's cgroups, limits written before any process is in them.
-    let cgroup = if use_cgroups {
-        let run = dirs.run.clone();
-        crate::cgroup::fs::collect_stale(|id| {
-            id == live_id(&live) || state::record_is_live(&run, id)
-        });
-        Some(crate::cgroup::FsCgroup::create(
-            &id,
-            a.cgroup_parent.as_deref(),
-            &limits,
-        )?)
-    } else {
-        None
+    // The container's cgroup: cgroupfs limits are written before any process is in it;
+    // systemd places the process by pid once it exists.
+    let cgroup = match manager {
+        CgroupManager::Disabled => None,
+        CgroupManager::Systemd(bus) => Some(Rc::new(Cgroup::systemd(bus, &id, &limits))),
+        CgroupManager::Cgroupfs => {
+            let run = dirs.run.clone();
+            crate::cgroup::fs::collect_stale(|id| {
+                id == live_id(&live) || state::record_is_live(&run, id)
+            });
+            Some(Rc::new(Cgroup::Fs(crate::cgroup::FsCgroup::create(
+                &id,
+                a.cgroup_parent.as_deref(),
+                &limits,
+            )?)))
+        }
     };
     let launch = Launch {
         spec: oci,
@@ -524,7 +514,7 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
         mountpoint,
         network: net,
         probe_cache: Some(dirs.run.join("overlay.probe")),
-        cgroup_procs: cgroup.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
+        cgroup: cgroup.clone(),
         precreate: etc_binds.iter().map(|(_, d)| PathBuf::from(d)).collect(),
         interactive: a.interactive,
         init: a.init,
@@ -560,4 +550,115 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
         cg.remove();
     }
     result
+}
+
+/// Which cgroup manager places the container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CgroupManager {
+    /// No cgroup of its own: the container stays in the runtime's cgroup.
+    Disabled,
+    Cgroupfs,
+    Systemd(Bus),
+}
+
+/// `--cgroup-manager`, or the default: without limits none is needed (no D-Bus round trip
+/// on the start-up path); with limits, systemd when it can delegate (the user's session
+/// bus rootless, PID 1 as root), else cgroupfs where the runtime may write cgroups.
+fn cgroup_manager(
+    flag: Option<&str>,
+    rootless: bool,
+    limits: &Limits,
+    parent: bool,
+) -> Result<CgroupManager> {
+    let unified = crate::cgroup::fs::is_unified();
+    let bus = if rootless {
+        systemd::user_bus_address().is_some()
+    } else {
+        systemd::system_manager_running()
+    };
+    let own_writable = || crate::cgroup::fs::own_v2_dir().is_some_and(|d| writable(&d));
+    let hybrid =
+        "this host's cgroups are v1/hybrid, so no cgroup v2 subtree can be delegated to you";
+    let no_bus = "there is no systemd user session bus to ask for a delegated cgroup (DBUS_SESSION_BUS_ADDRESS is unset and $XDG_RUNTIME_DIR/bus is missing: log in through a systemd session, or `loginctl enable-linger` for services)";
+    let manager = match flag {
+        Some("disabled") if limits.is_empty() => CgroupManager::Disabled,
+        Some("disabled") => {
+            return Err(fail(
+                "resource limits need a cgroup manager; drop --cgroup-manager disabled",
+            ))
+        }
+        Some("systemd") if parent => {
+            return Err(fail(
+                "--cgroup-parent goes with --cgroup-manager cgroupfs (a systemd scope lives in its slice)",
+            ))
+        }
+        Some("systemd") if !unified => {
+            return Err(fail(format!("--cgroup-manager systemd: {hybrid}")))
+        }
+        Some("systemd") if rootless && !bus => {
+            return Err(fail(format!("--cgroup-manager systemd: {no_bus}")))
+        }
+        Some("systemd") if !bus => {
+            return Err(fail(
+                "--cgroup-manager systemd: systemd is not running this machine (no /run/systemd/system); use cgroupfs",
+            ))
+        }
+        Some("systemd") => CgroupManager::Systemd(if rootless { Bus::User } else { Bus::System }),
+        Some("cgroupfs") if rootless && !(unified && own_writable()) => {
+            return Err(fail(format!(
+                "--cgroup-manager cgroupfs: {}",
+                if unified {
+                    "your own cgroup is not writable by you (ask systemd: --cgroup-manager systemd)"
+                } else {
+                    hybrid
+                }
+            )))
+        }
+        Some("cgroupfs") => CgroupManager::Cgroupfs,
+        Some(other) => {
+            return Err(fail(format!(
+                "invalid --cgroup-manager {other:?}: systemd, cgroupfs or disabled"
+            )))
+        }
+        None if limits.is_empty() => CgroupManager::Disabled,
+        None if !rootless => {
+            if unified && bus && !parent {
+                CgroupManager::Systemd(Bus::System)
+            } else {
+                CgroupManager::Cgroupfs
+            }
+        }
+        None if !unified => {
+            return Err(fail(format!(
+                "resource limits (--memory, --cpus, --pids-limit, ...) are unavailable rootless here: {hybrid}; run without them, or as root"
+            )))
+        }
+        None if bus => CgroupManager::Systemd(Bus::User),
+        None if own_writable() => CgroupManager::Cgroupfs,
+        None => {
+            return Err(fail(format!(
+                "resource limits (--memory, --cpus, --pids-limit, ...) are unavailable: {no_bus}; run without them"
+            )))
+        }
+    };
+    // Refuse before anything starts when the user's manager lacks a controller.
+    if manager == CgroupManager::Systemd(Bus::User) {
+        // SAFETY: getuid has no preconditions.
+        let uid = unsafe { libc::getuid() };
+        if let Some(have) = systemd::user_manager_controllers(uid) {
+            let missing: Vec<_> = limits
+                .controllers()
+                .into_iter()
+                .filter(|(c, _)| !have.iter().any(|h| h == c))
+                .collect();
+            if !missing.is_empty() {
+                return Err(systemd::not_delegated(uid, &missing, &have).into());
+            }
+        }
+    }
+    Ok(manager)
+}
+
+fn writable(dir: &Path) -> bool {
+    nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_ok()
 }

@@ -258,9 +258,8 @@ pub fn run(l: &Launch, on_started: &mut dyn FnMut(i32)) -> Result<i32> {
     }
     // Into its cgroup before it runs anything of its own: the cgroup namespace the child
     // creates after `go` is then rooted there.
-    for procs in &l.cgroup_procs {
-        std::fs::write(procs, pid.as_raw().to_string())
-            .with_context(|| format!("move the container into {}", procs.display()))?;
+    if let Some(cg) = &l.cgroup {
+        cg.place(pid.as_raw())?;
     }
     // The helper lives as long as this function: dropping it closes its exit pipe.
     let _network = match &l.network {

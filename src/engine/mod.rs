@@ -76,8 +76,8 @@ pub struct Launch {
     pub mountpoint: PathBuf,
     /// Files to create in the writable layer when the rootfs lacks them (bind targets).
     pub precreate: Vec<PathBuf>,
-    /// cgroup.procs files the first process goes into before it may continue.
-    pub cgroup_procs: Vec<PathBuf>,
+    /// The cgroup the first process goes into before it may continue.
+    pub cgroup: Option<std::rc::Rc<crate::cgroup::Cgroup>>,
     /// Where the kernel overlayfs whiteout probe caches its verdict.
     pub probe_cache: Option<PathBuf>,
     /// The network helper, if any.

@@ -7,6 +7,7 @@
 //! - `RC_TEST_USER`: the rootless user when the tests run as root (default rctest)
 //! - `RC_TEST_NOSUB_USER`: a user without /etc/subuid range (default rcnosub)
 //! - `RC_TEST_STRICT=1`: a test that cannot run here fails instead of skipping
+//! - `RC_TEST_BIN`: the runtime binary, instead of cargo's build of it
 
 #![allow(dead_code)]
 
@@ -48,9 +49,13 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// The binary under test, as cargo built it.
+/// The binary under test: as cargo built it, or `RC_TEST_BIN` (the VM tier runs the test
+/// executables in a guest where the build path may differ).
 pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_rootless_container"))
+    std::env::var_os("RC_TEST_BIN")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_rootless_container")))
 }
 
 /// The binary for commands run as the unprivileged test users. When the tests run as root
