@@ -58,7 +58,7 @@ fn needed(l: &Limits) -> Vec<&'static str> {
     if l.memory.is_some() || l.memory_reservation.is_some() || l.memory_swap.is_some() {
         v.push("memory");
     }
-    if l.cpus.is_some() || l.cpu_shares.is_some() {
+    if l.cpus.is_some() || l.cpu_shares.is_some() || l.cpu_weight.is_some() {
         v.push("cpu");
     }
     if l.cpuset_cpus.is_some() {
@@ -201,7 +201,7 @@ impl FsCgroup {
                 write(d, "cpu.cfs_period_us", &period.to_string())?;
                 write(d, "cpu.cfs_quota_us", &quota.to_string())?;
             }
-            if let Some(s) = l.cpu_shares {
+            if let Some(s) = l.cpu_shares_v1() {
                 write(d, "cpu.shares", &s.to_string())?;
             }
         }

@@ -15,6 +15,8 @@ pub struct Limits {
     pub cpus: Option<f64>,
     /// v1 cpu.shares (2..262144).
     pub cpu_shares: Option<u64>,
+    /// v2 cpu.weight (1..10000).
+    pub cpu_weight: Option<u64>,
     pub cpuset_cpus: Option<String>,
     /// Max processes; -1 unlimited.
     pub pids: Option<i64>,
@@ -126,10 +128,38 @@ impl Limits {
                 .transpose()?,
             cpus,
             cpu_shares,
+            cpu_weight: None,
             cpuset_cpus: cpuset_cpus.map(str::to_string),
             pids,
             blkio_weight,
         })
+    }
+
+    /// `--cpu-weight`, the cgroup v2 form of `--cpu-shares`.
+    pub fn set_cpu_weight(&mut self, w: Option<u64>) -> Result<()> {
+        if w.is_some_and(|w| !(1..=10000).contains(&w)) {
+            return Err(bad("--cpu-weight must be between 1 and 10000".into()));
+        }
+        if w.is_some() && self.cpu_shares.is_some() {
+            return Err(bad(
+                "--cpu-weight and --cpu-shares set the same thing; give one".into(),
+            ));
+        }
+        self.cpu_weight = w;
+        Ok(())
+    }
+
+    /// cpu.weight (v2): --cpu-weight, or --cpu-shares converted as OCI runtimes do.
+    pub fn cpu_weight_v2(&self) -> Option<u64> {
+        self.cpu_weight.or(self
+            .cpu_shares
+            .map(|s| 1 + ((s.saturating_sub(2)) * 9999) / 262142))
+    }
+
+    /// cpu.shares (v1): --cpu-shares, or --cpu-weight converted back.
+    pub fn cpu_shares_v1(&self) -> Option<u64> {
+        self.cpu_shares
+            .or(self.cpu_weight.map(|w| 2 + ((w - 1) * 262142) / 9999))
     }
 
     /// The pids.max value (both cgroup versions): a number, or "max" for -1.
@@ -160,6 +190,7 @@ impl Limits {
         );
         need(self.cpus.is_some(), "cpu", "--cpus");
         need(self.cpu_shares.is_some(), "cpu", "--cpu-shares");
+        need(self.cpu_weight.is_some(), "cpu", "--cpu-weight");
         need(self.cpuset_cpus.is_some(), "cpuset", "--cpuset-cpus");
         need(self.pids.is_some(), "pids", "--pids-limit");
         need(self.blkio_weight.is_some(), "io", "--blkio-weight");
@@ -200,6 +231,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(l.cpu_quota_us(), Some((50_000, 100_000)));
+        let mut w = Limits::default();
+        w.set_cpu_weight(Some(100)).unwrap();
+        assert_eq!(
+            (w.cpu_weight_v2(), w.cpu_shares_v1()),
+            (Some(100), Some(2597))
+        );
+        assert!(w.set_cpu_weight(Some(0)).is_err());
+        let mut s = Limits::parse(None, None, None, None, Some(1024), None, None, None).unwrap();
+        assert_eq!(s.cpu_weight_v2(), Some(39));
+        assert!(s.set_cpu_weight(Some(5)).is_err());
         assert_eq!(l.memory_swap, Some(128 << 20));
         assert!(Limits::parse(None, Some("1g"), None, None, None, None, None, None).is_err());
         assert!(

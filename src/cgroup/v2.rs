@@ -62,9 +62,7 @@ pub fn apply(d: &Path, l: &Limits) -> Result<()> {
     if let Some((quota, period)) = l.cpu_quota_us() {
         write(d, "cpu.max", &format!("{quota} {period}"))?;
     }
-    if let Some(s) = l.cpu_shares {
-        // The OCI conversion from shares to weight.
-        let w = 1 + ((s.saturating_sub(2)) * 9999) / 262142;
+    if let Some(w) = l.cpu_weight_v2() {
         write(d, "cpu.weight", &w.to_string())?;
     }
     if let Some(c) = &l.cpuset_cpus {

@@ -176,6 +176,10 @@ pub struct RunArgs {
     #[arg(short = 'c', long = "cpu-shares")]
     pub cpu_shares: Option<u64>,
 
+    /// CPU weight (cgroup v2's cpu.weight, 1..10000; instead of --cpu-shares)
+    #[arg(long = "cpu-weight")]
+    pub cpu_weight: Option<u64>,
+
     /// CPUs the container may use (e.g. 0-1, 0,2)
     #[arg(long = "cpuset-cpus")]
     pub cpuset_cpus: Option<String>,

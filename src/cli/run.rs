@@ -258,7 +258,7 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
             }
         }
     }
-    let limits = Limits::parse(
+    let mut limits = Limits::parse(
         a.memory.as_deref(),
         a.memory_swap.as_deref(),
         a.memory_reservation.as_deref(),
@@ -268,6 +268,7 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
         a.pids_limit,
         a.blkio_weight,
     )?;
+    limits.set_cpu_weight(a.cpu_weight)?;
     let cgroup_ns = match a.cgroupns.as_deref() {
         None | Some("private") => true,
         Some("host") => false,
