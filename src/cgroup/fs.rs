@@ -250,25 +250,26 @@ impl FsCgroup {
     }
 }
 
-/// Remove cgroups of containers whose runtime died (SIGKILL) and whose processes are gone.
-pub fn collect_stale(is_live: impl Fn(&str) -> bool) {
+/// Remove cgroups of containers whose runtime died (SIGKILL) and whose processes are gone,
+/// under the runtime's own cgroup or `parent` (--cgroup-parent).
+pub fn collect_stale(parent: Option<&str>, is_live: impl Fn(&str) -> bool) {
+    let base = |own: Option<String>| -> Option<String> { parent.map(str::to_string).or(own) };
     let mut parents: Vec<PathBuf> = Vec::new();
     if is_unified() {
-        if let Some(own) = own_path(|c| c.is_empty()) {
+        if let Some(b) = base(own_path(|c| c.is_empty())) {
             parents.push(
                 Path::new(ROOT)
-                    .join(own.trim_start_matches('/'))
+                    .join(b.trim_start_matches('/'))
                     .join("rootless_container"),
             );
         }
     } else {
         for c in ["memory", "cpu", "cpuset", "pids", "blkio"] {
-            if let (Some(m), Some(own)) = (v1_mount(c), own_path(|x| x.split(',').any(|y| y == c)))
-            {
-                parents.push(
-                    m.join(own.trim_start_matches('/'))
-                        .join("rootless_container"),
-                );
+            if let (Some(m), Some(b)) = (
+                v1_mount(c),
+                base(own_path(|x| x.split(',').any(|y| y == c))),
+            ) {
+                parents.push(m.join(b.trim_start_matches('/')).join("rootless_container"));
             }
         }
     }

@@ -495,7 +495,7 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
         CgroupManager::Systemd(bus) => Some(Rc::new(Cgroup::systemd(bus, &id, &limits))),
         CgroupManager::Cgroupfs => {
             let run = dirs.run.clone();
-            crate::cgroup::fs::collect_stale(|id| {
+            crate::cgroup::fs::collect_stale(a.cgroup_parent.as_deref(), |id| {
                 id == live_id(&live) || state::record_is_live(&run, id)
             });
             Some(Rc::new(Cgroup::Fs(crate::cgroup::FsCgroup::create(
