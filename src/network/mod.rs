@@ -80,11 +80,16 @@ fn bad(msg: String) -> anyhow::Error {
 }
 
 /// Parse `--network`. `None` (flag absent) picks the default: rootless, the userspace
-/// helper when it is installed, else none with one warning; as root, the bridge.
+/// helper when it is installed, else none with one warning; as root, the bridge (none for
+/// uid 0 of a user namespace, e.g. inside another container).
 pub fn parse_mode(flag: Option<&str>, rootless: bool) -> Result<Mode> {
     let Some(flag) = flag else {
         if !rootless {
-            return Ok(Mode::Bridge);
+            return Ok(if bridge::in_initial_userns() {
+                Mode::Bridge
+            } else {
+                Mode::None
+            });
         }
         if crate::util::find_in_path("slirp4netns").is_some() {
             return Ok(Mode::Slirp(SlirpOptions::default()));
@@ -309,7 +314,9 @@ mod tests {
     fn modes() {
         assert_eq!(parse_mode(Some("none"), true).unwrap(), Mode::None);
         assert_eq!(parse_mode(Some("host"), true).unwrap(), Mode::Host);
-        assert_eq!(parse_mode(None, false).unwrap(), Mode::Bridge);
+        if bridge::in_initial_userns() {
+            assert_eq!(parse_mode(None, false).unwrap(), Mode::Bridge);
+        }
         assert_eq!(parse_mode(Some("bridge"), false).unwrap(), Mode::Bridge);
         assert!(parse_mode(Some("bridge"), true).is_err());
         assert_eq!(

@@ -209,10 +209,18 @@ pub fn collect_stale(data: &Path, run: &Path) {
     if !dir.join("leases").is_dir() {
         return;
     }
-    match leases::lock(&dir) {
-        Ok(lock) => collect_locked(&dir, run, &lock),
-        Err(e) => eprintln!("rootless_container: warning: {e:#}"),
+    // Best effort: a directory we may not write (uid 0 of a user namespace sees the
+    // host's read-only) holds nothing of ours.
+    if let Ok(lock) = leases::lock(&dir) {
+        collect_locked(&dir, run, &lock);
     }
+}
+
+/// Whether this process is in the initial user namespace (the host's real root when
+/// uid 0; uid 0 of a container's user namespace cannot set up the host's network).
+pub fn in_initial_userns() -> bool {
+    std::fs::read_to_string("/proc/self/uid_map")
+        .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
 }
 
 fn attach_error(e: impl std::fmt::Display, what: &str) -> anyhow::Error {
