@@ -238,6 +238,15 @@ fn published_port_from_the_host() {
         let body = fetch(SocketAddr::from((host, port)));
         assert!(body.contains(&marker), "from {host}:{port}: {body}");
     }
+    // From another container through the host's published port (hairpin NAT).
+    let script = format!(
+        "for i in $(seq 100); do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc 10.88.0.1 {port} && exit 0; sleep 0.1; done; exit 1"
+    );
+    let out = run_ok(&mut brun(&r, &["sh", "-c", &script]));
+    assert!(
+        out.contains(&marker),
+        "from a container via 10.88.0.1:{port}: {out}"
+    );
     // The container's rules are its own chain, named after it.
     assert!(nft_ruleset().contains(&format!("c-{}", &id[..12])));
     stop(server);
