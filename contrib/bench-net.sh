@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Network benchmark (not a test): TCP throughput between a rootless container and the
 # host's loopback through each userspace helper, beside the helper's own figure outside
-# the runtime (the same helper on a bare `unshare -rn` namespace), one run each.
+# the runtime (the same helper on a bare `unshare -rn` namespace), one run each; then
+# root mode's bridge for comparison.
 #
 #   sudo contrib/bench-net.sh     # runs the rootless rows as rctest
 #
@@ -28,6 +29,7 @@ as_user() { "${SETPRIV[@]}" "$@"; }
 iperf3 -s -B 127.0.0.1 -p 5201 -D --pidfile "$work/iperf3.pid"
 cleanup() {
     kill "$(cat "$work/iperf3.pid" 2>/dev/null)" 2>/dev/null || true
+    kill "$(cat "$work/iperf3-bridge.pid" 2>/dev/null)" 2>/dev/null || true
     if [[ -n ${NS_PID:-} ]]; then kill "$NS_PID" 2>/dev/null || true; fi
     if [[ -n ${HELPER_PID:-} ]]; then kill "$HELPER_PID" 2>/dev/null || true; fi
     rm -rf "$work"
@@ -76,3 +78,11 @@ if command -v pasta >/dev/null; then
     printf '%-46s %10s\n' "rootless_container pasta, ctr -> host" "$(in_container pasta:allow_host_loopback=true)"
     printf '%-46s %10s\n' "rootless_container pasta, host -> ctr" "$(in_container pasta:allow_host_loopback=true -R)"
 fi
+# Root mode's bridge (veth pair on rc0, the kernel's own path): the host's side is
+# 10.88.0.1, which exists once a first bridge container has run.
+"$RC" run --rm --network bridge true
+iperf3 -s -B 10.88.0.1 -p 5202 -D --pidfile "$work/iperf3-bridge.pid"
+sleep 0.3
+bridge_row() { "$RC" run --rm --network bridge iperf3 -c 10.88.0.1 -p 5202 -t "$SECS" -J "$@" | gbps; }
+printf '%-46s %10s\n' "rootless_container bridge (root), ctr -> host" "$(bridge_row)"
+printf '%-46s %10s\n' "rootless_container bridge (root), host -> ctr" "$(bridge_row -R)"

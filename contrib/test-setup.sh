@@ -17,7 +17,7 @@ TEST_DIR=/var/tmp/rootless_container-test
 ROOTFS=$TEST_DIR/rootfs
 
 PACKAGES=(uidmap busybox-static fuse-overlayfs fuse3 hyperfine bubblewrap crun
-    runc slirp4netns passt iproute2 util-linux procps time iperf3 bsdutils)
+    runc slirp4netns passt iproute2 nftables util-linux procps time iperf3 bsdutils)
 
 die() { printf 'test-setup: %s\n' "$*" >&2; exit 1; }
 note() { printf 'test-setup: %s\n' "$*"; }

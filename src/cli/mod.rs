@@ -123,8 +123,8 @@ pub struct RunArgs {
     #[arg(long = "cap-drop", value_name = "CAP")]
     pub cap_drop: Vec<String>,
 
-    /// Network: slirp4netns[:allow_host_loopback=true,mtu=N] (rootless default), none
-    /// (loopback only) or host
+    /// Network: slirp4netns[:allow_host_loopback=true,mtu=N] (rootless default), pasta,
+    /// bridge (root default), none (loopback only) or host
     #[arg(long, alias = "net")]
     pub network: Option<String>,
 
@@ -139,6 +139,10 @@ pub struct RunArgs {
     /// Add a line to the container's /etc/hosts: NAME:IP
     #[arg(long = "add-host", value_name = "NAME:IP")]
     pub add_host: Vec<String>,
+
+    /// MAC address of the container's interface (bridge, slirp4netns, pasta)
+    #[arg(long = "mac-address", value_name = "MAC")]
+    pub mac_address: Option<String>,
 
     /// All capabilities, host devices, no masked paths (root only)
     #[arg(long)]

@@ -189,16 +189,17 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
     if a.tty {
         crate::engine::require_terminal_stdin().map_err(|e| fail(format!("{e:#}")))?;
     }
-    let net_mode = network::parse_mode(a.network.as_deref(), rootless)?;
+    let mut net_mode = network::parse_mode(a.network.as_deref(), rootless)?;
+    let mac = network::apply_mac(&mut net_mode, a.mac_address.as_deref())?;
     let network_ns = net_mode != network::Mode::Host;
     let ports = a
         .publish
         .iter()
         .map(|p| network::ports::parse(p))
         .collect::<Result<Vec<_>>>()?;
-    if !ports.is_empty() && !matches!(net_mode, network::Mode::Slirp(_) | network::Mode::Pasta(_)) {
+    if !ports.is_empty() && !net_mode.is_connected() {
         return Err(fail(
-            "-p/--publish needs a network with a helper (--network slirp4netns or pasta); with --network host the container's ports are the host's already",
+            "-p/--publish needs a network of its own (--network bridge, slirp4netns or pasta); with --network host the container's ports are the host's already",
         ));
     }
     for (i, p) in ports.iter().enumerate() {
@@ -213,11 +214,9 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
             )));
         }
     }
-    if (!a.dns.is_empty() || !a.add_host.is_empty())
-        && !matches!(net_mode, network::Mode::Slirp(_) | network::Mode::Pasta(_))
-    {
+    if (!a.dns.is_empty() || !a.add_host.is_empty()) && !net_mode.is_connected() {
         return Err(fail(
-            "--dns and --add-host need a network with a helper (--network slirp4netns or pasta): with none or host the container keeps the root filesystem's /etc files",
+            "--dns and --add-host need a network of its own (--network bridge, slirp4netns or pasta): with none or host the container keeps the root filesystem's /etc files",
         ));
     }
     if rootless && a.cgroup_parent.is_some() {
@@ -395,10 +394,11 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
         return Err(fail(format!("--workdir {cwd:?} must be an absolute path")));
     }
     let dirs = Dirs::for_current_user()?;
-    // A network with a helper gets its own /etc/hosts, resolv.conf and hostname, written
-    // into the runtime record once it exists and bound over the rootfs' (as podman does).
+    // A network with a helper or the bridge gets its own /etc/hosts, resolv.conf and
+    // hostname, written into the runtime record once it exists and bound over the rootfs'
+    // (as podman does).
     let etc_binds: Vec<(PathBuf, &'static str)> = match net_mode {
-        network::Mode::Slirp(_) | network::Mode::Pasta(_) => ["hosts", "resolv.conf", "hostname"]
+        _ if net_mode.is_connected() => ["hosts", "resolv.conf", "hostname"]
             .into_iter()
             .map(|f| {
                 (
@@ -440,15 +440,27 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
 
     dirs.ensure_run()?;
     state::collect_stale(&dirs.run);
+    if !rootless {
+        network::bridge::collect_stale(&dirs.data, &dirs.run);
+    }
     let name = a.name.clone().unwrap_or_else(|| id[..12].to_string());
     let live = Live::create(&dirs.run, &id, &name).map_err(|e| fail(format!("{e:#}")))?;
     let mountpoint = live.dir.join("root");
     std::fs::create_dir(&mountpoint).with_context(|| format!("create {}", mountpoint.display()))?;
+    // Root mode's bridge: address lease, host ports and DNAT rules now (the veth once the
+    // container's process exists); all removed when `bridged` is dropped.
+    let bridged = match net_mode {
+        network::Mode::Bridge => Some(network::bridge::prepare(
+            &dirs.data, &dirs.run, &id, &ports, mac,
+        )?),
+        _ => None,
+    };
     if !etc_binds.is_empty() {
-        let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let host_resolv = network::host_resolv_conf(&net_mode, &dns);
         let files = network::etc_files(
             launch_hostname(&oci),
             &net_mode,
+            bridged.as_ref().map(|b| b.endpoint.address),
             &dns,
             &add_hosts,
             &host_resolv,
@@ -514,6 +526,7 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
         overlay,
         mountpoint,
         network: net,
+        bridge: bridged.as_ref().map(|b| b.endpoint.clone()),
         probe_cache: Some(dirs.run.join("overlay.probe")),
         cgroup: cgroup.clone(),
         precreate: etc_binds.iter().map(|(_, d)| PathBuf::from(d)).collect(),
@@ -539,6 +552,9 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
         record.pid = pid;
         let _ = live.write(&record);
     });
+    // The bridge's veth, rules and leases go while the record is still live, so that no
+    // other runtime reclaims them at the same time.
+    drop(bridged);
     drop(live);
     if let Some(cg) = &cgroup {
         if result.as_ref().is_ok_and(|c| *c == 137) && cg.oom_killed() {

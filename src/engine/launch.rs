@@ -266,6 +266,9 @@ pub fn run(l: &Launch, on_started: &mut dyn FnMut(i32)) -> Result<i32> {
         Some(n) => Some(attach_network(n, pid)?),
         None => None,
     };
+    if let Some(ep) = &l.bridge {
+        crate::network::bridge::attach(ep, pid.as_raw())?;
+    }
     let stdin_fd = std::io::stdin().as_raw_fd();
     let winsize = if terminal {
         tty::winsize_of(stdin_fd)

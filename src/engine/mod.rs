@@ -82,6 +82,8 @@ pub struct Launch {
     pub probe_cache: Option<PathBuf>,
     /// The network helper, if any.
     pub network: Option<NetworkPlan>,
+    /// Root mode's bridge: the veth pair to create once the child exists.
+    pub bridge: Option<crate::network::bridge::Endpoint>,
     /// Keep stdin connected.
     pub interactive: bool,
     /// Run the built-in init as PID 1.

@@ -65,6 +65,9 @@ pub fn start(pid: i32, opts: &SlirpOptions, ports: &[PortMapping], log: &Path) -
         // By default pasta maps the gateway address to the host's loopback.
         cmd.arg("--no-map-gw");
     }
+    if let Some(mac) = &opts.mac {
+        cmd.args(["--ns-mac-addr", &super::format_mac(mac)]);
+    }
     let spec = |p: &PortMapping| {
         let addr = if p.host_ip.is_unspecified() {
             String::new()

@@ -99,6 +99,9 @@ pub fn start(
     if !opts.allow_host_loopback {
         cmd.arg("--disable-host-loopback");
     }
+    if let Some(mac) = &opts.mac {
+        cmd.arg(format!("--macaddress={}", super::format_mac(mac)));
+    }
     for f in hardening_flags(&bin, run) {
         cmd.arg(f);
     }

@@ -1,0 +1,266 @@
+//! Root mode's network: the bridge `rc0` (10.88.0.1/16), one veth pair per container,
+//! an address lease per container, NAT out and DNAT for `-p`.
+//!
+//! Life of a container's network, all done by the runtime's parent process:
+//! 1. `prepare` (before clone): under the lease directory's lock, reclaim what dead
+//!    containers left, make sure the bridge, its address, the sysctls and the nftables
+//!    table exist, take an address lease and the host ports, add the DNAT rules.
+//! 2. `attach` (after clone, before the child is released): create the veth pair with its
+//!    container end directly in the child's network namespace (by pid) and configure that
+//!    end (address, up, default route) through a netlink socket opened in the namespace.
+//! 3. Dropping the `Bridged` handle (any end of the runtime but SIGKILL) deletes the veth,
+//!    the rules and the leases; after a SIGKILL, the kernel removes the veth with the
+//!    namespace and the next command's `collect_stale` the rest.
+
+mod leases;
+mod netlink;
+pub mod nft;
+
+use anyhow::{Context, Result};
+use netlink::Netlink;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use crate::exit::ExitError;
+use crate::network::ports::PortMapping;
+
+/// The bridge's name; it stays when the last container ends (like docker0).
+pub const BRIDGE: &str = "rc0";
+pub const SUBNET: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 0);
+pub const PREFIX: u8 = 16;
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 1);
+/// The container's end of its veth pair.
+pub const CONTAINER_IF: &str = "eth0";
+
+/// Where leases live: `<data dir>/bridge` (/var/lib/rootless_container/bridge).
+pub fn state_dir(data: &Path) -> PathBuf {
+    data.join("bridge")
+}
+
+/// The host end of the veth pair of container `id`: `rc` and 12 hex digits (15 at most).
+pub fn host_if(id: &str) -> String {
+    format!("rc{}", &id[..id.len().min(12)])
+}
+
+/// What `attach` needs once the container's process exists.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub host_if: String,
+    pub address: Ipv4Addr,
+    pub mac: Option<[u8; 6]>,
+}
+
+/// A container's place on the bridge; dropping it removes its veth, rules and leases.
+pub struct Bridged {
+    dir: PathBuf,
+    id: String,
+    ports: Vec<PortMapping>,
+    pub endpoint: Endpoint,
+}
+
+fn fail(msg: String) -> anyhow::Error {
+    ExitError::new(125, msg).into()
+}
+
+fn write_sysctl(path: &str, value: &str) -> Result<()> {
+    if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == value) {
+        return Ok(());
+    }
+    std::fs::write(path, value).map_err(|e| {
+        fail(format!(
+            "cannot set {path} to {value} ({e}): the bridge network needs it; a read-only /proc/sys (inside another container?) cannot host it, use --network none|host"
+        ))
+    })
+}
+
+fn random_mac() -> [u8; 6] {
+    let mut m = [0u8; 6];
+    // SAFETY: getrandom into a buffer we own.
+    unsafe { libc::getrandom(m.as_mut_ptr().cast(), m.len(), 0) };
+    // Locally administered, unicast.
+    m[0] = (m[0] & 0xfe) | 0x02;
+    m
+}
+
+/// The bridge with its address, up; IP forwarding; localhost DNAT allowed into the
+/// bridge; the nftables table. Idempotent.
+fn ensure_host_network() -> Result<()> {
+    let mut nl = Netlink::open().context("open a netlink socket")?;
+    let index = match nl.link_index(BRIDGE)? {
+        Some(i) => i,
+        None => {
+            nl.create_bridge(BRIDGE, random_mac())
+                .with_context(|| format!("create the bridge {BRIDGE}"))?;
+            nl.link_index(BRIDGE)?
+                .with_context(|| format!("the bridge {BRIDGE} vanished"))?
+        }
+    };
+    nl.add_address(index, GATEWAY, PREFIX)
+        .with_context(|| format!("add {GATEWAY}/{PREFIX} to {BRIDGE}"))?;
+    nl.set_up(index)
+        .with_context(|| format!("bring {BRIDGE} up"))?;
+    write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
+    // Lets the output chain's DNAT of 127.0.0.1:PORT reach a container (then masqueraded).
+    write_sysctl(
+        &format!("/proc/sys/net/ipv4/conf/{BRIDGE}/route_localnet"),
+        "1",
+    )?;
+    nft::ensure_table()
+}
+
+/// Set the container up on the bridge before it exists: lease, host ports, rules.
+pub fn prepare(
+    data: &Path,
+    run: &Path,
+    id: &str,
+    ports: &[PortMapping],
+    mac: Option<[u8; 6]>,
+) -> Result<Bridged> {
+    for p in ports {
+        if p.host_ip.is_ipv6() {
+            return Err(fail(format!(
+                "cannot publish [{}]:{}: the bridge network publishes on IPv4 addresses only; drop the host address or give an IPv4 one",
+                p.host_ip, p.host_port
+            )));
+        }
+    }
+    let dir = state_dir(data);
+    let lock = leases::lock(&dir)?;
+    collect_locked(&dir, run, &lock);
+    ensure_host_network()?;
+    let address = leases::take_address(&dir, id, &lock)?;
+    let mut b = Bridged {
+        dir,
+        id: id.to_string(),
+        ports: Vec::new(),
+        endpoint: Endpoint {
+            host_if: host_if(id),
+            address,
+            mac,
+        },
+    };
+    let published = match leases::take_ports(&b.dir, id, ports, &lock) {
+        Ok(()) => {
+            b.ports = ports.to_vec();
+            nft::publish(id, address, ports)
+        }
+        Err(e) => Err(e),
+    };
+    // On failure, `b` is dropped after the lock and gives back what it took.
+    drop(lock);
+    published?;
+    Ok(b)
+}
+
+impl Bridged {
+    fn held(&self) -> leases::Held {
+        leases::Held {
+            address: Some(self.endpoint.address),
+            ports: self.ports.iter().map(|p| (p.proto, p.host_port)).collect(),
+        }
+    }
+
+    fn release(&self, lock: &leases::DirLock) {
+        remove_everything(&self.dir, &self.id, &self.held(), lock);
+    }
+}
+
+impl Drop for Bridged {
+    fn drop(&mut self) {
+        match leases::lock(&self.dir) {
+            Ok(lock) => self.release(&lock),
+            Err(e) => eprintln!("rootless_container: warning: {e:#}"),
+        }
+    }
+}
+
+/// Remove what container `id` holds: veth, rules, then leases (in that order, so that an
+/// address is free only once nothing points at it any more).
+fn remove_everything(dir: &Path, id: &str, held: &leases::Held, lock: &leases::DirLock) {
+    if let Ok(mut nl) = Netlink::open() {
+        // Deleting one end of a veth pair deletes both.
+        if let Err(e) = nl.delete_link(&host_if(id)) {
+            eprintln!(
+                "rootless_container: warning: cannot delete {}: {e}",
+                host_if(id)
+            );
+        }
+    }
+    let short = &id[..id.len().min(12)];
+    match nft::unpublish(id, &held.ports) {
+        Ok(()) => leases::release(dir, id, held, lock),
+        Err(e) => eprintln!(
+            "rootless_container: warning: the rules of container {short} stay: {e:#}; its leases are kept until they can be removed"
+        ),
+    }
+}
+
+fn collect_locked(dir: &Path, run: &Path, lock: &leases::DirLock) {
+    for (id, held) in leases::owners(dir) {
+        if !crate::state::record_is_live(run, &id) {
+            remove_everything(dir, &id, &held, lock);
+        }
+    }
+}
+
+/// Reclaim the veths, rules and leases of bridge containers whose runtime died.
+pub fn collect_stale(data: &Path, run: &Path) {
+    let dir = state_dir(data);
+    if !dir.join("leases").is_dir() {
+        return;
+    }
+    // Best effort: a directory we may not write (uid 0 of a user namespace sees the
+    // host's read-only) holds nothing of ours.
+    if let Ok(lock) = leases::lock(&dir) {
+        collect_locked(&dir, run, &lock);
+    }
+}
+
+/// Whether this process is in the initial user namespace (the host's real root when
+/// uid 0; uid 0 of a container's user namespace cannot set up the host's network).
+pub fn in_initial_userns() -> bool {
+    std::fs::read_to_string("/proc/self/uid_map")
+        .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
+}
+
+fn attach_error(e: impl std::fmt::Display, what: &str) -> anyhow::Error {
+    fail(format!("bridge network: cannot {what}: {e}"))
+}
+
+/// Connect the container whose first process is `pid`: a veth pair with `eth0` in its
+/// network namespace, addressed and routed through the bridge. Runs after clone.
+pub fn attach(ep: &Endpoint, pid: i32) -> Result<()> {
+    let mut nl = Netlink::open().map_err(|e| attach_error(e, "open a netlink socket"))?;
+    let master = nl
+        .link_index(BRIDGE)
+        .map_err(|e| attach_error(e, "find the bridge"))?
+        .ok_or_else(|| fail(format!("bridge network: the bridge {BRIDGE} is gone")))?;
+    nl.create_veth(&ep.host_if, master, CONTAINER_IF, pid, ep.mac)
+        .map_err(|e| {
+            let hint = if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) {
+                " (the --mac-address is not a valid unicast address)"
+            } else {
+                ""
+            };
+            attach_error(
+                format!("{e}{hint}"),
+                &format!("create the veth pair {}", ep.host_if),
+            )
+        })?;
+    let mut inner = Netlink::open_in_netns_of(pid)
+        .map_err(|e| attach_error(e, "enter the container's network namespace"))?;
+    let index = inner
+        .link_index(CONTAINER_IF)
+        .map_err(|e| attach_error(e, "find eth0"))?
+        .ok_or_else(|| fail("bridge network: eth0 did not appear in the container".into()))?;
+    inner
+        .add_address(index, ep.address, PREFIX)
+        .map_err(|e| attach_error(e, "address eth0"))?;
+    inner
+        .set_up(index)
+        .map_err(|e| attach_error(e, "bring eth0 up"))?;
+    inner
+        .add_default_route(index, GATEWAY)
+        .map_err(|e| attach_error(e, "add the default route"))?;
+    Ok(())
+}

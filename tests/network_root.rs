@@ -1,0 +1,478 @@
+//! Root mode's bridge network (rc0, 10.88.0.0/16): addresses, container to container,
+//! published ports from the host, NAT to a "remote" host, conflicts and clean-up.
+//! Traffic goes only to the host's loopback, the bridge, and a network namespace the test
+//! creates itself (198.51.100.0/24, TEST-NET-2). Skipped unless the tests run as root.
+//!
+//! Other tests run at the same time: every check is about this test's own containers
+//! (by id), never about the bridge being empty.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const LEASES: &str = "/var/lib/rootless_container/bridge";
+
+fn setup() -> Option<PathBuf> {
+    require_root()?;
+    if which("nft").is_none() {
+        skip("nft is not installed (apt install nftables; contrib/test-setup.sh does it)");
+        return None;
+    }
+    rootfs()
+}
+
+fn root_user() -> User {
+    User {
+        name: "root".into(),
+        uid: 0,
+        gid: 0,
+        home: "/root".into(),
+    }
+}
+
+/// `run --rm --rootfs R ARGS...` as root (the default network: the bridge).
+fn brun(r: &Path, args: &[&str]) -> Command {
+    let mut c = as_root();
+    c.args(["run", "--rm", "--rootfs"]).arg(r).args(args);
+    c
+}
+
+/// A free TCP port on the host.
+fn free_port() -> u16 {
+    TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The id of the running container `name` (its record's name link), waiting for it.
+fn container_id(name: &str) -> String {
+    let u = root_user();
+    let mut id = None;
+    wait_until(Duration::from_secs(10), || {
+        id = u.find_named(name).map(|(_, id)| id);
+        id.is_some()
+    });
+    id.unwrap_or_else(|| panic!("no record for container {name}"))
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Lease and port files naming `id`.
+fn lease_files(id: &str) -> Vec<PathBuf> {
+    ["leases", "ports"]
+        .iter()
+        .flat_map(|d| {
+            std::fs::read_dir(Path::new(LEASES).join(d))
+                .into_iter()
+                .flatten()
+        })
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| std::fs::read_to_string(p).is_ok_and(|s| s.trim() == id))
+        .collect()
+}
+
+/// The address leased to container `id`.
+fn address_of(id: &str) -> Ipv4Addr {
+    let mut addr = None;
+    wait_until(Duration::from_secs(10), || {
+        addr = lease_files(id)
+            .iter()
+            .filter(|p| p.parent().is_some_and(|d| d.ends_with("leases")))
+            .find_map(|p| p.file_name()?.to_str()?.parse().ok());
+        addr.is_some()
+    });
+    addr.unwrap_or_else(|| panic!("no address lease for container {id}"))
+}
+
+fn host_veth(id: &str) -> PathBuf {
+    Path::new("/sys/class/net").join(format!("rc{}", &id[..12]))
+}
+
+fn nft_ruleset() -> String {
+    let o = Command::new(which("nft").unwrap())
+        .args(["list", "ruleset"])
+        .output()
+        .expect("nft list ruleset");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Whatever of container `id` is left on the host: its veth, rules, lease files.
+fn leftovers(id: &str) -> Vec<String> {
+    let mut left = Vec::new();
+    if host_veth(id).exists() {
+        left.push(format!("veth {}", host_veth(id).display()));
+    }
+    if nft_ruleset().contains(&id[..12]) {
+        left.push(format!("nft rules mentioning {}", &id[..12]));
+    }
+    for f in lease_files(id) {
+        left.push(format!("lease {}", f.display()));
+    }
+    left
+}
+
+/// One HTTP/1.0 GET; the response, or None when nothing answers.
+fn http_get(addr: SocketAddr) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    (!out.is_empty()).then_some(out)
+}
+
+/// Retry `http_get` for a while (the server inside may still be starting).
+fn fetch(addr: SocketAddr) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(body) = http_get(addr) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "nothing answers on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A web root with an index page holding `marker`.
+fn www(marker: &str) -> TempDir {
+    let t = TempDir::new("rc-www");
+    std::fs::write(t.path().join("index.html"), format!("{marker}\n")).unwrap();
+    t
+}
+
+/// End a container run with `--init` the way `docker stop` would: SIGTERM to the runtime
+/// (forwarded), then check that it ended.
+fn stop(mut run: Running) {
+    run.signal(libc::SIGTERM);
+    let _ = run.wait(Duration::from_secs(20));
+}
+
+/// busybox httpd on port 80 in a named bridge container, with `extra` run flags.
+fn httpd(r: &Path, name: &str, www: &Path, extra: &[&str]) -> Running {
+    let vol = format!("{}:/www:ro", www.display());
+    let mut args = vec!["--init", "--name", name, "-v", &vol];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["sh", "-c", "echo up; exec httpd -f -p 80 -h /www"]);
+    let mut run = Running::spawn(&mut brun(r, &args));
+    run.expect_line("up", Duration::from_secs(20));
+    run
+}
+
+#[test]
+fn bridge_is_the_root_default_and_configured() {
+    let Some(r) = setup() else { return };
+    let out = run_ok(&mut brun(
+        &r,
+        &[
+            "--hostname",
+            "web1",
+            "--mac-address",
+            "02:42:ac:11:00:99",
+            "sh",
+            "-c",
+            "ip -4 -o addr show eth0; ip route; cat /sys/class/net/eth0/address /etc/hosts /etc/hostname /etc/resolv.conf",
+        ],
+    ));
+    let addr = out
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no IPv4 address on eth0: {out}"));
+    let (ip, prefix) = addr.split_once('/').unwrap();
+    let ip: Ipv4Addr = ip.parse().unwrap();
+    assert_eq!(prefix, "16", "{out}");
+    assert_eq!(ip.octets()[..2], [10, 88], "{out}");
+    assert!(
+        out.contains("default via 10.88.0.1 dev eth0"),
+        "route: {out}"
+    );
+    assert!(out.contains("02:42:ac:11:00:99"), "--mac-address: {out}");
+    assert!(out.contains(&format!("{ip}\tweb1")), "/etc/hosts: {out}");
+    assert!(out.lines().any(|l| l == "web1"), "/etc/hostname: {out}");
+    // The host's resolver when it is reachable from the bridge, never a loopback one.
+    assert!(!out.contains("nameserver 127."), "resolv.conf: {out}");
+
+    let o = output(&mut brun(
+        &r,
+        &["--mac-address", "01:00:5e:00:00:01", "true"],
+    ));
+    assert_eq!(o.code(), 125, "multicast MAC: {}", o.stderr);
+    assert_eq!(o.stderr_lines().len(), 1, "{}", o.stderr);
+}
+
+#[test]
+fn containers_reach_each_other() {
+    let Some(r) = setup() else { return };
+    let marker = unique("peer");
+    let w = www(&marker);
+    let name = unique("rc-peer");
+    let server = httpd(&r, &name, w.path(), &[]);
+    let ip = address_of(&container_id(&name));
+    let script = format!(
+        "for i in $(seq 100); do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc {ip} 80 && exit 0; sleep 0.1; done; exit 1"
+    );
+    let out = run_ok(&mut brun(&r, &["sh", "-c", &script]));
+    assert!(out.contains(&marker), "from {ip}:80: {out}");
+    stop(server);
+}
+
+#[test]
+fn published_port_from_the_host() {
+    let Some(r) = setup() else { return };
+    let marker = unique("pub");
+    let w = www(&marker);
+    let name = unique("rc-pub");
+    let port = free_port();
+    let spec = format!("{port}:80");
+    let server = httpd(&r, &name, w.path(), &["-p", &spec]);
+    let id = container_id(&name);
+    for host in [Ipv4Addr::LOCALHOST, Ipv4Addr::new(10, 88, 0, 1)] {
+        let body = fetch(SocketAddr::from((host, port)));
+        assert!(body.contains(&marker), "from {host}:{port}: {body}");
+    }
+    // From another container through the host's published port (hairpin NAT).
+    let script = format!(
+        "for i in $(seq 100); do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc 10.88.0.1 {port} && exit 0; sleep 0.1; done; exit 1"
+    );
+    let out = run_ok(&mut brun(&r, &["sh", "-c", &script]));
+    assert!(
+        out.contains(&marker),
+        "from a container via 10.88.0.1:{port}: {out}"
+    );
+    // The container's rules are its own chain, named after it.
+    assert!(nft_ruleset().contains(&format!("c-{}", &id[..12])));
+    stop(server);
+    assert_eq!(leftovers(&id), Vec::<String>::new(), "after stop");
+}
+
+/// A "remote" host: a network namespace with 198.51.100.2/24, reached from the host
+/// through a veth pair (host side 198.51.100.1/24). Removed on drop.
+struct Remote {
+    ns: String,
+    host_if: String,
+}
+
+const REMOTE_HOST_SIDE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+
+fn ip(args: &[&str]) {
+    let o = Command::new(which("ip").expect("iproute2"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+impl Remote {
+    fn create() -> Option<Remote> {
+        let routes = Command::new(which("ip")?)
+            .args(["-4", "route", "show", "198.51.100.0/24"])
+            .output()
+            .ok()?;
+        if !routes.stdout.is_empty() {
+            skip("198.51.100.0/24 is already routed on this host");
+            return None;
+        }
+        let tag = format!("{:x}", std::process::id() & 0xffffff);
+        let r = Remote {
+            ns: unique("rc-remote"),
+            host_if: format!("nat{tag}h"),
+        };
+        let peer = format!("nat{tag}r");
+        ip(&["netns", "add", &r.ns]);
+        ip(&[
+            "link", "add", &r.host_if, "type", "veth", "peer", "name", &peer, "netns", &r.ns,
+        ]);
+        ip(&["addr", "add", "198.51.100.1/24", "dev", &r.host_if]);
+        ip(&["link", "set", &r.host_if, "up"]);
+        ip(&["-n", &r.ns, "addr", "add", "198.51.100.2/24", "dev", &peer]);
+        ip(&["-n", &r.ns, "link", "set", &peer, "up"]);
+        ip(&["-n", &r.ns, "link", "set", "lo", "up"]);
+        Some(r)
+    }
+
+    /// A TCP listener inside the namespace (a socket keeps the namespace it was made in).
+    fn listen(&self, port: u16) -> TcpListener {
+        let ns = std::fs::File::open(format!("/run/netns/{}", self.ns)).unwrap();
+        std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on this short-lived thread only.
+            assert_eq!(
+                unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+                0,
+                "setns"
+            );
+            TcpListener::bind((REMOTE, port)).unwrap()
+        })
+        .join()
+        .unwrap()
+    }
+}
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+    }
+}
+
+#[test]
+fn outbound_traffic_is_masqueraded() {
+    let Some(r) = setup() else { return };
+    let Some(remote) = Remote::create() else {
+        return;
+    };
+    let listener = remote.listen(9000);
+    listener.set_nonblocking(true).unwrap();
+    let script = format!(
+        "for i in $(seq 100); do echo hello | nc {REMOTE} 9000 && exit 0; sleep 0.1; done; exit 1"
+    );
+    let mut client = Running::spawn(&mut brun(&r, &["sh", "-c", &script]));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let peer = loop {
+        match listener.accept() {
+            Ok((mut s, peer)) => {
+                let mut b = String::new();
+                s.set_nonblocking(false).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let _ = s.read_to_string(&mut b);
+                assert_eq!(b.trim(), "hello");
+                break peer;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the container never reached {REMOTE}:9000"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    };
+    assert_eq!(
+        peer.ip(),
+        std::net::IpAddr::V4(REMOTE_HOST_SIDE),
+        "not masqueraded"
+    );
+    assert!(client.wait(Duration::from_secs(20)).success());
+}
+
+#[test]
+fn port_conflicts_are_clear_errors() {
+    let Some(r) = setup() else { return };
+    // Taken by a program on the host.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let o = output(&mut brun(
+        &r,
+        &["-p", &format!("127.0.0.1:{port}:80"), "true"],
+    ));
+    assert_eq!(o.code(), 125, "{}", o.stderr);
+    assert_eq!(o.stderr_lines().len(), 1, "{}", o.stderr);
+    assert!(o.stderr.contains(&port.to_string()), "{}", o.stderr);
+    drop(l);
+
+    // Published by another container.
+    let t = TempDir::new("rc-bridge-holder");
+    let spec = format!("{}:80", free_port());
+    let name = unique("rc-holder");
+    let (mut holder, _) = stoppable(&r, &name, t.path(), &spec, &[]);
+    let second = unique("rc-second");
+    let o = output(&mut brun(&r, &["--name", &second, "-p", &spec, "true"]));
+    assert_eq!(o.code(), 125, "{}", o.stderr);
+    assert_eq!(o.stderr_lines().len(), 1, "{}", o.stderr);
+    assert!(o.stderr.contains("already publishes"), "{}", o.stderr);
+    std::fs::write(t.path().join("stop"), "").unwrap();
+    assert!(holder.wait(Duration::from_secs(20)).success());
+}
+
+#[test]
+fn bridge_needs_root() {
+    let Some(r) = setup() else { return };
+    let Some(u) = test_user() else { return };
+    let o = output(
+        rootless(&u)
+            .args(["run", "--rm", "--network", "bridge", "--rootfs"])
+            .arg(&r)
+            .arg("true"),
+    );
+    assert_eq!(o.code(), 125, "{}", o.stderr);
+    assert_eq!(o.stderr_lines().len(), 1, "{}", o.stderr);
+    assert!(o.stderr.contains("needs root"), "{}", o.stderr);
+}
+
+/// A container publishing `port` that ends when `stop` appears in `dir`.
+fn stoppable(r: &Path, name: &str, dir: &Path, port: &str, extra: &[&str]) -> (Running, String) {
+    let vol = format!("{}:/w", dir.display());
+    let mut args = vec!["--name", name, "-p", port, "-v", &vol];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[
+        "sh",
+        "-c",
+        "echo up; while [ ! -e /w/stop ]; do sleep 0.05; done",
+    ]);
+    let mut run = Running::spawn(&mut brun(r, &args));
+    run.expect_line("up", Duration::from_secs(20));
+    let id = container_id(name);
+    assert!(host_veth(&id).exists(), "no veth for {id}");
+    assert!(
+        !lease_files(&id).is_empty() && nft_ruleset().contains(&id[..12]),
+        "no lease or rule for {id}"
+    );
+    (run, id)
+}
+
+#[test]
+fn nothing_left_after_exit_sigterm_or_sigkill() {
+    let Some(r) = setup() else { return };
+    let t = TempDir::new("rc-bridge-clean");
+
+    // The container exits by itself.
+    let name = unique("rc-exit");
+    let (mut run, id) = stoppable(&r, &name, t.path(), &format!("{}:80", free_port()), &[]);
+    std::fs::write(t.path().join("stop"), "").unwrap();
+    assert!(run.wait(Duration::from_secs(20)).success());
+    assert_eq!(leftovers(&id), Vec::<String>::new(), "after exit");
+    std::fs::remove_file(t.path().join("stop")).unwrap();
+
+    // SIGTERM to the runtime: forwarded to --init, which ends the command.
+    let name = unique("rc-term");
+    let (mut run, id) = stoppable(
+        &r,
+        &name,
+        t.path(),
+        &format!("{}:80", free_port()),
+        &["--init"],
+    );
+    run.signal(libc::SIGTERM);
+    let _ = run.wait(Duration::from_secs(20));
+    assert_eq!(leftovers(&id), Vec::<String>::new(), "after SIGTERM");
+
+    // SIGKILL of the runtime: the container dies with it, the kernel removes the veth
+    // with its namespace, and the next command collects the rules and leases.
+    let name = unique("rc-kill");
+    let (mut run, id) = stoppable(&r, &name, t.path(), &format!("{}:80", free_port()), &[]);
+    run.signal(libc::SIGKILL);
+    let _ = run.wait(Duration::from_secs(10));
+    run_ok(&mut brun(&r, &["--network", "none", "true"]));
+    let mut left = Vec::new();
+    let clean = wait_until(Duration::from_secs(5), || {
+        left = leftovers(&id);
+        left.is_empty()
+    });
+    assert!(clean, "after SIGKILL and another run: {left:?}");
+}
