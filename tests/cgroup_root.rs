@@ -28,10 +28,11 @@ fn cgroup_dirs_of(id: &str) -> Vec<PathBuf> {
                 continue;
             }
             // cgroupfs names the directory by id; systemd's scope is rootless_container-<id>.scope.
-            if e.file_name() == id
-                || e.file_name().to_string_lossy() == format!("rootless_container-{id}.scope")
-            {
+            if e.file_name() == id {
                 out.push(p);
+            } else if e.file_name().to_string_lossy() == format!("rootless_container-{id}.scope") {
+                // systemd: the limits are on the scope's `limits` child.
+                out.push(p.join("limits"));
             } else {
                 walk(&p, id, depth + 1, out);
             }
@@ -116,11 +117,14 @@ fn memory_limit_is_written_and_removed_afterwards() {
     // the cgroup.
     assert!(
         // A concurrent limited run may already have collected the stale cgroup: gone is empty.
-        wait_until(Duration::from_secs(5), || std::fs::read_to_string(
-            mem.join("cgroup.procs")
-        )
-        .map(|s| s.trim().is_empty())
-        .unwrap_or(true)),
+        wait_until(Duration::from_secs(5), || [
+            "cgroup.procs",
+            "container/cgroup.procs"
+        ]
+        .iter()
+        .all(|f| std::fs::read_to_string(mem.join(f))
+            .map(|s| s.trim().is_empty())
+            .unwrap_or(true))),
         "processes survived in {}",
         mem.display()
     );

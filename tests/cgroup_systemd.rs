@@ -118,7 +118,7 @@ fn assert_no_scopes(u: &User) {
             format!(
                 "{unit}: procs {:?} leaf {:?} events {:?}\n{status}",
                 std::fs::read_to_string(s.join("cgroup.procs")),
-                std::fs::read_to_string(s.join("container/cgroup.procs")),
+                std::fs::read_to_string(s.join("limits/container/cgroup.procs")),
                 std::fs::read_to_string(s.join("cgroup.events")),
             )
         })
@@ -144,26 +144,31 @@ fn pids_limit_contains_a_fork_bomb() {
         // In a subshell: a shell whose own fork fails exits (dash), and PID 1 must stay.
         "(f() { f | f & }; f) 2>/dev/null; echo up; exec sleep 15",
     );
-    // Limits on the scope, processes in its `container` leaf (the scope itself holds none,
-    // so the container could delegate further).
-    assert_eq!(read(&scope.join("pids.max")), "20");
+    // Limits on the scope's `limits` child (systemd rewrites the scope's own files on
+    // daemon-reload), processes in the `container` leaf below it: neither the scope nor
+    // `limits` holds a process, so controllers are enabled below both.
+    assert_eq!(read(&scope.join("limits/pids.max")), "20");
     assert!(read(&scope.join("cgroup.procs")).is_empty());
-    assert!(!read(&scope.join("container/cgroup.procs")).is_empty());
+    assert!(read(&scope.join("limits/cgroup.procs")).is_empty());
+    assert!(read(&scope.join("limits/cgroup.subtree_control"))
+        .split_whitespace()
+        .any(|c| c == "pids"));
+    assert!(!read(&scope.join("limits/container/cgroup.procs")).is_empty());
     assert!(read(&scope.join("cgroup.subtree_control"))
         .split_whitespace()
         .any(|c| c == "pids"));
     // Kernels before 6.12 count a refused fork in the forking task's cgroup (the leaf),
     // later ones where the limit is (the scope).
     let refused = || {
-        counter(&scope.join("pids.events"), "max ")
-            + counter(&scope.join("container/pids.events"), "max ")
+        counter(&scope.join("limits/pids.events"), "max ")
+            + counter(&scope.join("limits/container/pids.events"), "max ")
     };
     assert!(
         wait_until(Duration::from_secs(20), || refused() > 0),
         "no fork was refused: {}",
-        read(&scope.join("pids.events"))
+        read(&scope.join("limits/pids.events"))
     );
-    let current: u64 = read(&scope.join("pids.current")).parse().unwrap();
+    let current: u64 = read(&scope.join("limits/pids.current")).parse().unwrap();
     assert!(current <= 20, "pids.current {current}");
     // The host side is unharmed: the same user still starts processes.
     let o = output(Command::new("/bin/true").env_clear());
@@ -218,14 +223,14 @@ fn cpus_write_cpu_max_and_throttle() {
         &["--cpus", "0.5", "--init"],
         "echo up; while :; do :; done",
     );
-    assert_eq!(read(&scope.join("cpu.max")), "50000 100000");
+    assert_eq!(read(&scope.join("limits/cpu.max")), "50000 100000");
     assert!(
         wait_until(Duration::from_secs(20), || counter(
-            &scope.join("cpu.stat"),
+            &scope.join("limits/cpu.stat"),
             "nr_throttled "
         ) >= 3),
         "not throttled: {}",
-        read(&scope.join("cpu.stat"))
+        read(&scope.join("limits/cpu.stat"))
     );
     // --init forwards SIGTERM to the shell, which dies of it.
     run.signal(libc::SIGTERM);
@@ -284,11 +289,11 @@ fn cpuset_and_io_follow_the_user_managers_delegation() {
             &["--cpuset-cpus", "0", "--blkio-weight", "500", "--init"],
             "echo up; exec sleep 30",
         );
-        assert_eq!(read(&scope.join("cpuset.cpus")), "0");
+        assert_eq!(read(&scope.join("limits/cpuset.cpus")), "0");
         assert!(
-            read(&scope.join("io.weight")).contains("default 4950"),
+            read(&scope.join("limits/io.weight")).contains("default 4950"),
             "{}",
-            read(&scope.join("io.weight"))
+            read(&scope.join("limits/io.weight"))
         );
         run.signal(libc::SIGTERM);
         let _ = run.wait(Duration::from_secs(30));
@@ -319,7 +324,7 @@ fn cpuset_and_io_follow_the_user_managers_delegation() {
 fn killed_runtime_leaves_no_scope() {
     let Some(u) = session_user() else { return };
     let (mut run, scope) = start(&u, &["--pids-limit", "50"], "echo up; exec sleep 300");
-    let leaf_procs = read(&scope.join("container/cgroup.procs"));
+    let leaf_procs = read(&scope.join("limits/container/cgroup.procs"));
     assert!(!leaf_procs.is_empty());
     run.signal(libc::SIGKILL);
     let _ = run.wait(Duration::from_secs(10));
@@ -373,7 +378,7 @@ fn explicit_systemd_manager_without_limits_gets_a_scope() {
         &["--cgroup-manager", "systemd", "--init"],
         "echo up; exec sleep 30",
     );
-    assert!(!read(&scope.join("container/cgroup.procs")).is_empty());
+    assert!(!read(&scope.join("limits/container/cgroup.procs")).is_empty());
     run.signal(libc::SIGTERM);
     let _ = run.wait(Duration::from_secs(30));
     assert_gone(&scope);

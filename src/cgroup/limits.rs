@@ -197,6 +197,14 @@ impl Limits {
         v
     }
 
+    /// The controllers these limits need that `have` lacks, each with its flag.
+    pub fn missing_controllers(&self, have: &[String]) -> Vec<(&'static str, &'static str)> {
+        self.controllers()
+            .into_iter()
+            .filter(|(c, _)| !have.iter().any(|h| h == c))
+            .collect()
+    }
+
     /// CFS quota for --cpus over a 100 ms period.
     pub fn cpu_quota_us(&self) -> Option<(u64, u64)> {
         self.cpus

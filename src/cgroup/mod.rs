@@ -24,7 +24,7 @@ pub enum Cgroup {
     Systemd {
         bus: systemd::Bus,
         id: String,
-        limits: Limits,
+        limits: Box<Limits>,
         scope: OnceCell<systemd::Scope>,
     },
 }
@@ -34,7 +34,7 @@ impl Cgroup {
         Cgroup::Systemd {
             bus,
             id: id.to_string(),
-            limits: limits.clone(),
+            limits: Box::new(limits.clone()),
             scope: OnceCell::new(),
         }
     }

@@ -1,18 +1,23 @@
 //! The systemd manager: a transient scope with `Delegate=yes`, asked for over D-Bus (the
 //! user's manager rootless, the system manager as root), holding the container's first
-//! process in a `container` leaf. An unprivileged process cannot move itself out of its
-//! login session's cgroup (cgroup v2 wants write access at the common ancestor, which root
-//! owns); systemd can, which is why it is asked rather than written to.
+//! process. An unprivileged process cannot move itself out of its login session's cgroup
+//! (cgroup v2 wants write access at the common ancestor, which root owns); systemd can,
+//! which is why it is asked rather than written to.
 //!
-//! Limits go on the scope, the process into the leaf: the container's cgroup namespace is
-//! rooted at the leaf, so even with a writable /sys/fs/cgroup it cannot raise its own limits,
-//! and it may delegate further below its root (no process lives in the scope itself).
+//! Inside the scope: `limits/` holds the limits and `limits/container/` the processes.
+//! - Not on the scope itself: its own files are systemd's, and it writes its unit's values
+//!   back over them on `daemon-reload` (Delegate= hands over the subtree, not the top).
+//! - Not on the leaf: the container's cgroup namespace is rooted there, and a container
+//!   that may mount cgroup2 could raise its own limits.
+//! - No process in `limits/` or the scope, so controllers can be enabled below both and
+//!   the container may delegate further.
 
 use super::{v2, Limits};
 use crate::exit::ExitError;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 use zbus::zvariant::{OwnedObjectPath, Value};
 
@@ -21,7 +26,8 @@ const PATH: &str = "/org/freedesktop/systemd1";
 const MANAGER: &str = "org.freedesktop.systemd1.Manager";
 /// How long systemd may take to start the scope (a busy or emulated machine is slow).
 const JOB_TIMEOUT: Duration = Duration::from_secs(20);
-/// The leaf the container's processes live in.
+/// The middle cgroup holding the limits, and the leaf the processes live in.
+const LIMITS: &str = "limits";
 const LEAF: &str = "container";
 
 /// Which manager to ask.
@@ -38,6 +44,10 @@ pub enum Bus {
 pub struct Scope {
     /// /sys/fs/cgroup/... of the scope.
     pub dir: PathBuf,
+    /// Set by a watcher of memory.events: systemd removes the scope as soon as it is
+    /// empty, possibly before the runtime has reaped the container and looked.
+    oom: Arc<AtomicBool>,
+    watcher: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// The user's session bus address, when there is one to talk to.
@@ -123,16 +133,25 @@ pub fn place(bus: Bus, id: &str, pid: i32, limits: &Limits) -> Result<Scope> {
         Err(_) => bail!(ExitError::new(
             125,
             format!(
-                "{who} did not start the container's cgroup scope {unit} within {}s",
-                JOB_TIMEOUT.as_secs()
+                "{who} did not start the container's cgroup scope {unit} within {}s; check `systemctl{} status {unit}`, or run with --cgroup-manager cgroupfs",
+                JOB_TIMEOUT.as_secs(),
+                if bus == Bus::User { " --user" } else { "" }
             )
         )),
     }
-    let dir = cgroup_of(pid)?;
-    let scope = Scope { dir };
+    let scope = Scope {
+        dir: cgroup_of(pid)?,
+        oom: Arc::new(AtomicBool::new(false)),
+        watcher: Default::default(),
+    };
     if let Err(e) = scope.set_up(pid, limits) {
         scope.remove();
         return Err(e);
+    }
+    if limits.memory.is_some() {
+        let events = scope.limits().join("memory.events");
+        let watcher = watch_oom(events, scope.oom.clone());
+        *scope.watcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(watcher);
     }
     Ok(scope)
 }
@@ -196,37 +215,83 @@ fn cgroup_of(pid: i32) -> Result<PathBuf> {
 }
 
 impl Scope {
+    fn limits(&self) -> PathBuf {
+        self.dir.join(LIMITS)
+    }
+
     fn leaf(&self) -> PathBuf {
-        self.dir.join(LEAF)
+        self.limits().join(LEAF)
     }
 
     fn set_up(&self, pid: i32, limits: &Limits) -> Result<()> {
         let have = v2::controllers(&self.dir);
-        let missing: Vec<_> = limits
-            .controllers()
-            .into_iter()
-            .filter(|(c, _)| !have.iter().any(|h| h == c))
-            .collect();
+        let missing = limits.missing_controllers(&have);
         if !missing.is_empty() {
             // SAFETY: getuid has no preconditions.
             let uid = unsafe { libc::getuid() };
             bail!(not_delegated(uid, &missing, &have));
         }
         let leaf = self.leaf();
-        std::fs::create_dir(&leaf).with_context(|| format!("create {}", leaf.display()))?;
+        std::fs::create_dir_all(&leaf).with_context(|| format!("create {}", leaf.display()))?;
         std::fs::write(leaf.join("cgroup.procs"), pid.to_string())
             .with_context(|| format!("move the container into {}", leaf.display()))?;
         // Every delegated controller, not only the limited ones: the container may nest.
         v2::enable_controllers(&self.dir, &have)?;
-        v2::apply(&self.dir, limits)
+        v2::enable_controllers(&self.limits(), &have)?;
+        v2::apply(&self.limits(), limits)
     }
 
     pub fn oom_killed(&self) -> bool {
-        v2::oom_killed(&self.dir)
+        if self.oom.load(Ordering::SeqCst) || v2::oom_killed(&self.limits()) {
+            return true;
+        }
+        // The kernel counts the kill just after sending SIGKILL: give the watcher a moment
+        // to see the event it may not have read yet.
+        let watcher = self.watcher.lock().ok().and_then(|mut w| w.take());
+        if let Some(w) = watcher {
+            let deadline = std::time::Instant::now() + Duration::from_millis(100);
+            while !w.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        self.oom.load(Ordering::SeqCst)
     }
 
-    /// Remove the leaf; systemd then sees the scope empty and collects it.
+    /// Remove our cgroups. Usually systemd has already collected the emptied scope with
+    /// everything below it; this covers a scope that outlives its container.
     pub fn remove(&self) {
         super::remove_dir_retrying(&self.leaf());
+        super::remove_dir_retrying(&self.limits());
     }
+}
+
+/// Watch `memory.events` (the kernel signals every change as a modification) until it
+/// counts an OOM kill or goes away with its cgroup.
+fn watch_oom(events: PathBuf, oom: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    std::thread::spawn(move || {
+        let Ok(ino) = Inotify::init(InitFlags::IN_CLOEXEC) else {
+            return;
+        };
+        if ino.add_watch(&events, AddWatchFlags::IN_MODIFY).is_err() {
+            return;
+        }
+        loop {
+            if v2::events_count(&events, "oom_kill") > 0 {
+                oom.store(true, Ordering::SeqCst);
+                return;
+            }
+            match ino.read_events() {
+                Ok(evs)
+                    if evs
+                        .iter()
+                        .any(|e| e.mask.contains(AddWatchFlags::IN_IGNORED)) =>
+                {
+                    return
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    })
 }

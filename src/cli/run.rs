@@ -552,10 +552,8 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
         record.pid = pid;
         let _ = live.write(&record);
     });
-    // The bridge's veth, rules and leases go while the record is still live, so that no
-    // other runtime reclaims them at the same time.
-    drop(bridged);
-    drop(live);
+    // The cgroup is read and removed, and the bridge's veth, rules and leases go, while the
+    // record is still live: another runtime's stale collection may not take them first.
     if let Some(cg) = &cgroup {
         if result.as_ref().is_ok_and(|c| *c == 137) && cg.oom_killed() {
             let mib = limits
@@ -566,6 +564,8 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
         }
         cg.remove();
     }
+    drop(bridged);
+    drop(live);
     result
 }
 
@@ -617,7 +617,7 @@ fn cgroup_manager(
         }
         Some("systemd") if !bus => {
             return Err(fail(
-                "--cgroup-manager systemd: systemd is not running this machine (no /run/systemd/system); use cgroupfs",
+                "--cgroup-manager systemd: systemd is not running this machine (no /run/systemd/system); use --cgroup-manager cgroupfs",
             ))
         }
         Some("systemd") => CgroupManager::Systemd(if rootless { Bus::User } else { Bus::System }),
@@ -663,11 +663,7 @@ fn cgroup_manager(
         // SAFETY: getuid has no preconditions.
         let uid = unsafe { libc::getuid() };
         if let Some(have) = systemd::user_manager_controllers(uid) {
-            let missing: Vec<_> = limits
-                .controllers()
-                .into_iter()
-                .filter(|(c, _)| !have.iter().any(|h| h == c))
-                .collect();
+            let missing = limits.missing_controllers(&have);
             if !missing.is_empty() {
                 return Err(systemd::not_delegated(uid, &missing, &have).into());
             }
