@@ -65,6 +65,22 @@ MASKED=(
     systemd-pstore.service systemd-firstboot.service systemd-machine-id-commit.service
     e2scrub_reap.service e2scrub_all.timer apt-daily.timer apt-daily-upgrade.timer
     dpkg-db-backup.timer fstrim.timer systemd-tmpfiles-clean.timer
+    kmod-static-nodes.service dev-mqueue.mount
+)
+# Generators run (as separate programs) before systemd loads its units, and again
+# in each user manager: none does anything this guest needs (the root is mounted
+# by the initrd, no getty, no SysV scripts, no crypt/verity/integrity devices).
+MASKED_GENERATORS=(
+    system-generators/systemd-cryptsetup-generator system-generators/systemd-debug-generator
+    system-generators/systemd-fstab-generator system-generators/systemd-getty-generator
+    system-generators/systemd-gpt-auto-generator
+    system-generators/systemd-hibernate-resume-generator
+    system-generators/systemd-integritysetup-generator
+    system-generators/systemd-rc-local-generator system-generators/systemd-run-generator
+    system-generators/systemd-system-update-generator system-generators/systemd-sysv-generator
+    system-generators/systemd-veritysetup-generator
+    user-generators/systemd-xdg-autostart-generator
+    user-environment-generators/30-systemd-environment-d-generator
 )
 
 die() { printf 'build-image: %s\n' "$*" >&2; exit 1; }
@@ -246,7 +262,23 @@ touch "$root/var/lib/systemd/linger/$TEST_USER"
 for unit in "${MASKED[@]}"; do
     ln -sfn /dev/null "$root/etc/systemd/system/$unit"
 done
+for gen in "${MASKED_GENERATORS[@]}"; do
+    install -d -m 0755 "$root/etc/systemd/${gen%/*}"
+    ln -sfn /dev/null "$root/etc/systemd/$gen"
+done
 ln -sfn /lib/systemd/system/multi-user.target "$root/etc/systemd/system/default.target"
+# Without udev (masked) and kmod-static-nodes (masked: it costs a second), the
+# device nodes the runtime needs are made here, with the modes udev's rules give
+# them on a distribution; opening one loads its module (char-major alias).
+cat >"$root/etc/tmpfiles.d/rc-vm-dev.conf" <<'TMPFILES'
+# contrib/vm/build-image.sh: what udev and kmod-static-nodes do on a full system.
+d /dev/net 0755 - - -
+c! /dev/net/tun 0666 - - - 10:200
+c! /dev/fuse 0666 - - - 10:229
+c! /dev/loop-control 0660 - disk - 10:237
+z /dev/net/tun 0666 - - -
+z /dev/fuse 0666 - - -
+TMPFILES
 
 install -D -m 0755 "$here/guest/rc-vm-run" "$root/usr/local/libexec/rc-vm-run"
 install -m 0644 "$here/guest/rc-vm-run.service" "$root/etc/systemd/system/rc-vm-run.service"

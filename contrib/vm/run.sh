@@ -79,9 +79,12 @@ for s in "${shares[@]}"; do
     p=$(realpath -e -- "$s" 2>/dev/null) || die "--share $s: no such directory"
     [[ -d $p ]] || die "--share $s: not a directory"
     [[ $p != *$'\n'* && $p != *' '* ]] || die "--share $s: paths with spaces or newlines are not supported"
-    case $p/ in
-    / | /proc/* | /sys/* | /dev/* | /run/* | /rc-vm/*)
-        die "--share $p: the guest mounts its own file systems there"
+    # Over the guest's own system folders a read-only share would break the guest.
+    case $p in
+    / | /bin | /boot | /etc | /home | /home/rctest | /lib | /lib64 | /root | /sbin | /tmp | \
+        /usr | /var | /var/lib | /var/log | /var/tmp | /dev | /dev/* | /proc | /proc/* | \
+        /run | /run/* | /sys | /sys/* | /rc-vm | /rc-vm/* | /etc/* | /usr/* | /boot/*)
+        die "--share $p: the guest needs its own $p; share a folder below it"
         ;;
     esac
     [[ " ${share_paths[*]} " == *" $p "* ]] || share_paths+=("$p")
@@ -171,7 +174,8 @@ done
 
 # tsc=reliable: else the kernel falls back to the (slow, emulated) HPET.
 # panic=-1 with -no-reboot: a kernel panic ends qemu at once.
-append="console=ttyS0 tsc=reliable panic=-1 rcvm.ctl=rcvm"
+# quiet: every byte on the emulated UART costs; errors still reach the console.
+append="console=ttyS0 quiet tsc=reliable panic=-1 rcvm.ctl=rcvm"
 
 echo "vm/run: booting $(basename "$image") as $user${delegate_all:+ with --delegate-all} (${accel[1]}, timeout ${timeout_s}s; console: $console_log)" >&2
 t_start=$EPOCHREALTIME
