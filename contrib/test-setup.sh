@@ -19,7 +19,7 @@ ROOTFS=$TEST_DIR/rootfs
 
 PACKAGES=(uidmap busybox-static fuse-overlayfs fuse3 hyperfine bubblewrap crun
     runc slirp4netns passt iproute2 util-linux procps time iperf3 bsdutils
-    debootstrap xz-utils e2fsprogs python3)
+    debootstrap debian-archive-keyring xz-utils e2fsprogs python3)
 
 die() { printf 'test-setup: %s\n' "$*" >&2; exit 1; }
 note() { printf 'test-setup: %s\n' "$*"; }

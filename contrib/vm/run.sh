@@ -174,8 +174,9 @@ done
 
 # tsc=reliable: else the kernel falls back to the (slow, emulated) HPET.
 # panic=-1 with -no-reboot: a kernel panic ends qemu at once.
-# quiet: every byte on the emulated UART costs; errors still reach the console.
-append="console=ttyS0 quiet tsc=reliable panic=-1 rcvm.ctl=rcvm"
+# quiet: the kernel's boot messages cost on the emulated UART; its errors and
+# systemd's unit status lines still reach the console log.
+append="console=ttyS0 quiet systemd.show_status=1 tsc=reliable panic=-1 rcvm.ctl=rcvm"
 
 echo "vm/run: booting $(basename "$image") as $user${delegate_all:+ with --delegate-all} (${accel[1]}, timeout ${timeout_s}s; console: $console_log)" >&2
 t_start=$EPOCHREALTIME
