@@ -129,6 +129,6 @@ step "VM tier: cgroup_systemd as rctest, bookworm's delegation (cpu memory pids)
 vm_test --as rctest "${vm[@]}" -- "$systemd_exe" --include-ignored --test-threads=1
 step "VM tier: cgroup_systemd as rctest, --delegate-all (cpu cpuset io memory pids)"
 vm_test --as rctest --delegate-all "${vm[@]}" -- "$systemd_exe" --include-ignored --test-threads=1
-step "VM tier: cgroup_root as root (cgroupfs on pure cgroup v2)"
+step "VM tier: cgroup_root as root (pure cgroup v2, systemd as PID 1)"
 RC_TEST_ROOTFS=$SYSTEM_ROOTFS vm_test --as root "${vm[@]}" -- "$root_exe" --include-ignored --test-threads=1
 echo "run-tests: VM tier passed in $((SECONDS - vm_start)) s (3 guests)"

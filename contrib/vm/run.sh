@@ -21,6 +21,9 @@
 # here. Exit status: COMMAND's; 124 when the guest timed out; 125 when it powered off
 # without finishing COMMAND (the guest's console log is named then); 2 for bad usage.
 # Guests run one at a time (a lock); the disk is a snapshot, so each run starts clean.
+#
+# Environment: RC_VM_CACHE (default /var/tmp/rootless_container-vm), RC_VM_MEMORY
+# (MiB, default 2048), RC_VM_KERNEL_ARGS (added to the guest's kernel command line).
 set -euo pipefail
 
 CACHE=${RC_VM_CACHE:-/var/tmp/rootless_container-vm}
@@ -177,6 +180,8 @@ done
 # quiet: the kernel's boot messages cost on the emulated UART; its errors and
 # systemd's unit status lines still reach the console log.
 append="console=ttyS0 quiet systemd.show_status=1 tsc=reliable panic=-1 rcvm.ctl=rcvm"
+# For debugging, e.g. RC_VM_KERNEL_ARGS='systemd.log_level=debug' (or drop quiet: 'loglevel=7').
+append+=${RC_VM_KERNEL_ARGS:+ $RC_VM_KERNEL_ARGS}
 
 echo "vm/run: booting $(basename "$image") as $user${delegate_all:+ with --delegate-all} (${accel[1]}, timeout ${timeout_s}s; console: $console_log)" >&2
 t_start=$EPOCHREALTIME
