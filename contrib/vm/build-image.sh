@@ -126,7 +126,13 @@ fi
 log=$CACHE/build.log
 : >"$log"
 tmp=
+debootstrap_pid=
 cleanup() {
+    # debootstrap runs in its own process group (setsid): stop all of it first.
+    if [[ -n $debootstrap_pid ]]; then
+        kill -TERM -- "-$debootstrap_pid" 2>/dev/null || true
+        wait "$debootstrap_pid" 2>/dev/null || true
+    fi
     [[ -n $tmp && -d $tmp ]] || return 0
     # A failed debootstrap can leave /proc and /sys mounted in the target.
     local m
@@ -135,6 +141,8 @@ cleanup() {
     rm -rf --one-file-system "$tmp"
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM HUP
 tmp=$(mktemp -d "$CACHE/.build-$key.XXXXXX")
 root=$tmp/root
 
@@ -153,9 +161,13 @@ fail_with_log() {
 # --- debootstrap -------------------------------------------------------------
 note "building image-$key from $MIRROR (log: $log)"
 includes=$(IFS=,; printf '%s' "${PACKAGES[*]}")
-debootstrap --variant=minbase --include="$includes" --cache-dir="$CACHE/debs" \
-    "$SUITE" "$root" "$MIRROR" >>"$log" 2>&1 ||
+# In the background, so that a signal reaches the trap (and cleanup) at once.
+setsid debootstrap --variant=minbase --include="$includes" --cache-dir="$CACHE/debs" \
+    "$SUITE" "$root" "$MIRROR" >>"$log" 2>&1 </dev/null &
+debootstrap_pid=$!
+wait "$debootstrap_pid" ||
     fail_with_log "debootstrap failed (a download from $MIRROR? set RC_VM_MIRROR for another mirror)"
+debootstrap_pid=
 step "debootstrap done"
 
 # --- kernel ------------------------------------------------------------------
