@@ -18,8 +18,7 @@ TEST_DIR=/var/tmp/rootless_container-test
 ROOTFS=$TEST_DIR/rootfs
 
 PACKAGES=(uidmap busybox-static fuse-overlayfs fuse3 hyperfine bubblewrap crun
-    runc slirp4netns passt iproute2 util-linux procps time iperf3 bsdutils
-    debootstrap debian-archive-keyring xz-utils e2fsprogs python3)
+    runc slirp4netns passt iproute2 util-linux procps time iperf3 bsdutils)
 
 die() { printf 'test-setup: %s\n' "$*" >&2; exit 1; }
 note() { printf 'test-setup: %s\n' "$*"; }
@@ -42,7 +41,20 @@ if ((${#missing[@]})); then
     apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# --- qemu for the VM tier (contrib/vm/) ------------------------------------
+# --- the VM tier's host tools (contrib/vm/) ---------------------------------
+VM_PACKAGES=(debootstrap debian-archive-keyring xz-utils e2fsprogs python3)
+missing=()
+for pkg in "${VM_PACKAGES[@]}"; do
+    status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
+    [[ $status == installed ]] || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    note "installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
 # Plain `apt-get install qemu-system-x86` works on a clean Debian 12 or Ubuntu.
 # Some images ship qemu-utils from bookworm-backports, which conflicts with
 # bookworm's qemu-system-x86 (apt would remove qemu-utils): then take

@@ -38,8 +38,9 @@ TEST_USER=rctest
 TEST_UID=1001
 SUBID_RANGE=200000:65536
 
+# nftables: the root-mode bridge network's firewall (`nft`).
 PACKAGES=(systemd systemd-sysv dbus dbus-user-session libpam-systemd kmod
-    uidmap slirp4netns passt iproute2 procps fuse-overlayfs fuse3)
+    uidmap slirp4netns passt iproute2 procps fuse-overlayfs fuse3 nftables)
 
 # Module subtrees of the guest (the rest of Debian's 390 MB is hardware drivers).
 MODULE_TREES=(fs net lib crypto arch block mm virt
