@@ -93,8 +93,6 @@ for s in "${shares[@]}"; do
     [[ " ${share_paths[*]} " == *" $p "* ]] || share_paths+=("$p")
 done
 
-image=$("$here/build-image.sh") || die "no guest image (contrib/vm/build-image.sh failed)"
-
 # One guest at a time: the machine has few cores, and TCG uses all it gets.
 install -d -m 0755 "$CACHE" "$CACHE/logs"
 exec {lock_fd}>"$CACHE/run.lock"
@@ -102,6 +100,9 @@ if ! flock -n "$lock_fd"; then
     echo "vm/run: waiting for the guest of another run.sh to finish" >&2
     flock "$lock_fd"
 fi
+# Under the lock: a rebuild (which removes older images) cannot happen while
+# another run.sh is between finding the image and starting qemu on it.
+image=$("$here/build-image.sh") || die "no guest image (contrib/vm/build-image.sh failed)"
 
 ctl=
 qemu_pid=
