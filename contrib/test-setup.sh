@@ -2,7 +2,8 @@
 # Prepare this (Debian 12) machine for the rootless_container test suite.
 # Must run as root. Idempotent and fast when everything is already in place.
 #
-#  - installs the packages the tests and contrib/bench.sh use
+#  - installs the packages the tests and contrib/bench.sh use, and those the
+#    VM tier (contrib/vm/) needs: debootstrap, qemu-system-x86, ...
 #  - creates user rctest (subuid/subgid 200000:65536) and user rcnosub
 #    (no subordinate ids, to exercise the single-id fallback)
 #  - makes /dev/net/tun and /dev/fuse 0666 like a distro's udev rules would
@@ -39,6 +40,53 @@ if ((${#missing[@]})); then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+# --- the VM tier's host tools (contrib/vm/) ---------------------------------
+VM_PACKAGES=(debootstrap debian-archive-keyring xz-utils e2fsprogs python3)
+missing=()
+for pkg in "${VM_PACKAGES[@]}"; do
+    status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
+    [[ $status == installed ]] || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    note "installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Plain `apt-get install qemu-system-x86` works on a clean Debian 12 or Ubuntu.
+# Some images ship qemu-utils from bookworm-backports, which conflicts with
+# bookworm's qemu-system-x86 (apt would remove qemu-utils): then take
+# qemu-system-x86 from the same backports suite instead of removing anything.
+ensure_qemu() {
+    command -v qemu-system-x86_64 >/dev/null 2>&1 && return 0
+    export DEBIAN_FRONTEND=noninteractive
+    local pkgs=(qemu-system-x86) codename suite plan
+    apt-get update -qq
+    plan=$(apt-get install -s --no-install-recommends "${pkgs[@]}")
+    if ! grep -q '^Remv ' <<<"$plan"; then
+        note "installing: ${pkgs[*]}"
+        apt-get install -y -qq --no-install-recommends "${pkgs[@]}"
+        return 0
+    fi
+    # shellcheck source=/dev/null
+    codename=$(. /etc/os-release; if [[ ${ID:-} == debian ]]; then printf '%s' "${VERSION_CODENAME:-}"; fi)
+    if [[ -z $codename ]]; then
+        die "installing qemu-system-x86 would remove packages here (apt-get install -s qemu-system-x86 shows which): install qemu-system-x86_64 yourself"
+    fi
+    suite=$codename-backports
+    if ! grep -rqsE "^[^#]*[[:space:]]$suite([[:space:]]|\$)" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        note "adding apt source $suite (installed qemu packages come from there)"
+        printf '%s\n' 'Types: deb' 'URIs: http://deb.debian.org/debian' "Suites: $suite" \
+            'Components: main' 'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' \
+            >"/etc/apt/sources.list.d/$suite.sources"
+        apt-get update -qq
+    fi
+    note "installing: ${pkgs[*]} from $suite"
+    apt-get install -y -qq --no-install-recommends -t "$suite" "${pkgs[@]}"
+}
+ensure_qemu
 
 # --- users -----------------------------------------------------------------
 ensure_user() {
