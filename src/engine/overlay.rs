@@ -282,18 +282,32 @@ fn mount_host_root(l: &Launch, scratch: &Path, mode: OverlayMode) -> Result<Moun
         };
         mkdirs(&layers.upper, 0o755)?;
         mkdirs(&layers.work, 0o755)?;
-        let mounted = if nested.iter().any(|m| **m == host) {
-            Err(anyhow::anyhow!("{} is a mount point", host.display()))
+        // In a user namespace the kernel refuses a lower layer with mounts below it (they are
+        // locked, so overlayfs cannot clone it privately): that directory alone goes to
+        // fuse-overlayfs, which says nothing about the others. A directory that is itself a
+        // mount point is an ordinary lower layer.
+        let below = nested.iter().any(|m| **m != host);
+        let dir_mode = if mode == OverlayMode::Auto && below && l.rootless {
+            OverlayMode::Fuse
         } else {
-            mount_layers(&layers, mode, l.rootless, false, l.probe_cache.as_deref())
+            mode
         };
+        let mounted = mount_layers(
+            &layers,
+            dir_mode,
+            l.rootless,
+            false,
+            l.probe_cache.as_deref(),
+        );
         match mounted {
             Ok(used) => {
                 // Later directories need not retry a method that failed.
-                mode = used;
+                if dir_mode == mode {
+                    mode = used;
+                }
                 fuse |= used == OverlayMode::Fuse;
                 // overlayfs does not cross mount points: lay the host's submounts over it.
-                for sub in nested {
+                for sub in nested.into_iter().filter(|m| **m != host) {
                     let sd = target.join(super::fsutil::relative(sub));
                     if sd.is_dir() {
                         let _ = bind(sub, &sd, true, MsFlags::MS_RDONLY);
@@ -301,8 +315,15 @@ fn mount_host_root(l: &Launch, scratch: &Path, mode: OverlayMode) -> Result<Moun
                 }
             }
             // Still show the files, read-only, rather than an empty directory.
-            Err(_) => bind(&host, &dst, true, MsFlags::MS_RDONLY)
-                .with_context(|| format!("show the host's {} in the container", host.display()))?,
+            Err(e) => {
+                eprintln!(
+                    "rootless_container: warning: the host's {} is read-only in the container: {e:#}",
+                    host.display()
+                );
+                bind(&host, &dst, true, MsFlags::MS_RDONLY).with_context(|| {
+                    format!("show the host's {} in the container", host.display())
+                })?
+            }
         }
     }
     Ok(MountedRoot { path: target, fuse })
