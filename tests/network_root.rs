@@ -26,22 +26,6 @@ fn setup() -> Option<PathBuf> {
     rootfs()
 }
 
-fn root_user() -> User {
-    User {
-        name: "root".into(),
-        uid: 0,
-        gid: 0,
-        home: "/root".into(),
-    }
-}
-
-/// `run --rm --rootfs R ARGS...` as root (the default network: the bridge).
-fn brun(r: &Path, args: &[&str]) -> Command {
-    let mut c = as_root();
-    c.args(["run", "--rm", "--rootfs"]).arg(r).args(args);
-    c
-}
-
 /// A free TCP port on the host.
 fn free_port() -> u16 {
     TcpListener::bind("0.0.0.0:0")
