@@ -450,6 +450,23 @@ fn port_conflicts_are_clear_errors() {
     assert!(o.stderr.contains(&port.to_string()), "{}", o.stderr);
     drop(l);
 
+    // One host port twice, with different host addresses: the bridge has one DNAT entry
+    // per protocol and port, so it is the same port.
+    let p = free_port();
+    let o = output(&mut brun(
+        &r,
+        &[
+            "-p",
+            &format!("127.0.0.1:{p}:80"),
+            "-p",
+            &format!("192.0.2.5:{p}:81"),
+            "true",
+        ],
+    ));
+    assert_eq!(o.code(), 125, "{}", o.stderr);
+    assert_eq!(o.stderr_lines().len(), 1, "{}", o.stderr);
+    assert!(o.stderr.contains("published twice"), "{}", o.stderr);
+
     // Published by another container.
     let t = TempDir::new("rc-bridge-holder");
     let spec = format!("{}:80", free_port());

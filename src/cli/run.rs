@@ -202,13 +202,20 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
             "-p/--publish needs a network of its own (--network bridge, slirp4netns or pasta); with --network host the container's ports are the host's already",
         ));
     }
+    // The bridge keys a published port by protocol and port alone (one DNAT map entry
+    // per port, whatever the host address); the helpers by address too.
+    let by_port = net_mode == network::Mode::Bridge;
     for (i, p) in ports.iter().enumerate() {
-        if ports[..i]
-            .iter()
-            .any(|q| q.host_port == p.host_port && q.proto == p.proto && q.host_ip == p.host_ip)
-        {
+        if ports[..i].iter().any(|q| {
+            q.host_port == p.host_port && q.proto == p.proto && (by_port || q.host_ip == p.host_ip)
+        }) {
+            let bridge = if by_port {
+                " (on the bridge, a host port is one whatever the host address)"
+            } else {
+                ""
+            };
             return Err(fail(format!(
-                "host port {}/{} is published twice; give each -p its own host port",
+                "host port {}/{} is published twice{bridge}; give each -p its own host port",
                 p.host_port,
                 p.proto.name()
             )));

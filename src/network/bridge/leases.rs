@@ -92,16 +92,24 @@ pub fn take_ports(dir: &Path, id: &str, ports: &[PortMapping], _lock: &DirLock) 
     for (i, p) in ports.iter().enumerate() {
         let f = port_file(dir, p);
         if let Err(e) = create_excl(&f, id) {
+            // The owner first: the clean-up below may remove this very file.
+            let other = fs::read_to_string(&f).unwrap_or_default();
+            let other = other.trim().to_string();
             for q in &ports[..i] {
                 let _ = fs::remove_file(port_file(dir, q));
             }
             if e.kind() == std::io::ErrorKind::AlreadyExists {
-                let other = fs::read_to_string(&f).unwrap_or_default();
-                let short = other.get(..12).unwrap_or(&other);
+                let who = if other == id {
+                    "this container's -p publishes it twice; give each -p its own host port"
+                        .to_string()
+                } else {
+                    let short = other.get(..12).unwrap_or(&other);
+                    format!("container {short} on the bridge already publishes it; pick another -p host port")
+                };
                 return Err(crate::exit::ExitError::new(
                     125,
                     format!(
-                        "cannot publish host port {}/{}: container {short} on the bridge already publishes it; pick another -p host port",
+                        "cannot publish host port {}/{}: {who}",
                         p.host_port,
                         p.proto.name()
                     ),
