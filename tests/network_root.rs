@@ -751,6 +751,73 @@ fn container_cannot_reach_host_loopback() {
     assert!(run.wait(Duration::from_secs(20)).success());
 }
 
+/// A start that fails after the bridge was prepared (the command does not exist: 127)
+/// leaves nothing: no lease or port file, no chain or map element, no veth.
+#[test]
+fn nothing_left_after_a_failed_start() {
+    let Some(r) = setup() else { return };
+    let marker = unique("rc-nocmd");
+    let root = root_user();
+    let _cleanup = KeptGuard(&root, marker.clone());
+    let port = free_port();
+    // Without --rm the writable layer stays, named after the id, with the command (the
+    // marker) in its config.json: how the test learns the id of a container gone already.
+    let o = output(as_root().args(["run", "--rootfs"]).arg(&r).args([
+        "-p",
+        &format!("{port}:80"),
+        &format!("/{marker}"),
+    ]));
+    assert_eq!(o.code(), 127, "{}", o.stderr);
+    let kept = kept_containers_with(&root, &marker);
+    assert_eq!(kept.len(), 1, "kept layers: {kept:?}");
+    let id = kept[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert_eq!(leftovers(&id), Vec::<String>::new());
+    assert!(!Path::new(LEASES).join(format!("ports/tcp-{port}")).exists());
+    assert!(!Path::new(LEASES).join("owners").join(&id).exists());
+    assert!(
+        !nft_ruleset().contains(&format!("tcp . {port} :")),
+        "a map element for {port} stays"
+    );
+}
+
+/// A root runtime that sees another /run (a private /run, as in a unit with PrivateTmp-like
+/// settings or under `unshare -m`) must not take a live container's leases for stale: the
+/// owner lock next to the leases says it is alive.
+#[test]
+fn a_private_run_does_not_reclaim_live_containers() {
+    let Some(r) = setup() else { return };
+    let Some(unshare) = which("unshare") else {
+        skip("unshare (util-linux) is not installed");
+        return;
+    };
+    let t = TempDir::new("rc-privrun");
+    let name = unique("rc-privrun");
+    let (mut holder, id) = stoppable(&r, &name, t.path(), &format!("{}:80", free_port()), &[]);
+    let before = lease_files(&id);
+    let script = format!(
+        "mount -t tmpfs tmpfs /run && exec {} run --rm --rootfs {} true",
+        bin().display(),
+        r.display()
+    );
+    let o = output(
+        Command::new(unshare)
+            .env_clear()
+            .env("PATH", PATH)
+            .env("HOME", "/root")
+            .args(["-m", "--propagation", "private", "sh", "-c", &script]),
+    );
+    assert!(o.status.success(), "{}", o.stderr);
+    assert_eq!(lease_files(&id), before, "leases of the live container");
+    assert!(
+        host_veth(&id).exists(),
+        "the live container's veth was deleted"
+    );
+    assert!(nft_ruleset().contains(&id[..12]), "its rules were deleted");
+    std::fs::write(t.path().join("stop"), "").unwrap();
+    assert!(holder.wait(Duration::from_secs(20)).success());
+    assert_eq!(leftovers(&id), Vec::<String>::new(), "after stop");
+}
+
 /// A base chain of the table that went missing (deleted by hand, or a table of an earlier
 /// version) is written again by the next run, once, without other containers' chains
 /// being touched. (The forward chain: removing it for a moment opens nothing.)

@@ -448,7 +448,7 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
     dirs.ensure_run()?;
     state::collect_stale(&dirs.run);
     if !rootless {
-        network::bridge::collect_stale(&dirs.data, &dirs.run);
+        network::bridge::collect_stale(&dirs.data);
     }
     let name = a.name.clone().unwrap_or_else(|| id[..12].to_string());
     let live = Live::create(&dirs.run, &id, &name).map_err(|e| fail(format!("{e:#}")))?;
@@ -457,9 +457,7 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
     // Root mode's bridge: address lease, host ports and DNAT rules now (the veth once the
     // container's process exists); all removed when `bridged` is dropped.
     let bridged = match net_mode {
-        network::Mode::Bridge => Some(network::bridge::prepare(
-            &dirs.data, &dirs.run, &id, &ports, mac,
-        )?),
+        network::Mode::Bridge => Some(network::bridge::prepare(&dirs.data, &id, &ports, mac)?),
         _ => None,
     };
     if !etc_binds.is_empty() {

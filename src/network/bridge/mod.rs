@@ -4,7 +4,8 @@
 //! Life of a container's network, all done by the runtime's parent process:
 //! 1. `prepare` (before clone): under the lease directory's lock, reclaim what dead
 //!    containers left, make sure the bridge, its address, the sysctls and the nftables
-//!    table exist, take an address lease and the host ports, add the DNAT rules.
+//!    table exist, lock the container's owner file (its runtime is alive while it holds
+//!    it), take an address lease and the host ports, add the DNAT rules.
 //! 2. `attach` (after clone, before the child is released): create the veth pair with its
 //!    container end directly in the child's network namespace (by pid) and configure that
 //!    end (address, up, default route) through a netlink socket opened in the namespace.
@@ -56,6 +57,8 @@ pub struct Bridged {
     id: String,
     ports: Vec<PortMapping>,
     pub endpoint: Endpoint,
+    /// Held until the leases are gone (dropped after `Drop::drop`).
+    _owner: leases::Owner,
 }
 
 fn fail(msg: String) -> anyhow::Error {
@@ -174,7 +177,6 @@ fn ensure_host_network() -> Result<()> {
 /// Set the container up on the bridge before it exists: lease, host ports, rules.
 pub fn prepare(
     data: &Path,
-    run: &Path,
     id: &str,
     ports: &[PortMapping],
     mac: Option<[u8; 6]>,
@@ -189,9 +191,16 @@ pub fn prepare(
     }
     let dir = state_dir(data);
     let lock = leases::lock(&dir)?;
-    collect_locked(&dir, run, &lock);
+    collect_locked(&dir, &lock);
     ensure_host_network()?;
-    let address = leases::take_address(&dir, id, &lock)?;
+    let owner = leases::own(&dir, id, &lock)?;
+    let address = match leases::take_address(&dir, id, &lock) {
+        Ok(a) => a,
+        Err(e) => {
+            leases::disown(&dir, id, &lock);
+            return Err(e);
+        }
+    };
     let mut b = Bridged {
         dir,
         id: id.to_string(),
@@ -201,6 +210,7 @@ pub fn prepare(
             address,
             mac,
         },
+        _owner: owner,
     };
     let published = match leases::take_ports(&b.dir, id, ports, &lock) {
         Ok(()) => {
@@ -237,8 +247,8 @@ impl Drop for Bridged {
     }
 }
 
-/// Remove what container `id` holds: veth, rules, then leases (in that order, so that an
-/// address is free only once nothing points at it any more).
+/// Remove what container `id` holds: veth, rules, then leases and its owner file (in that
+/// order, so that an address is free only once nothing points at it any more).
 fn remove_everything(dir: &Path, id: &str, held: &leases::Held, lock: &leases::DirLock) {
     let veth = host_if(id);
     // Deleting one end of a veth pair deletes both.
@@ -250,23 +260,34 @@ fn remove_everything(dir: &Path, id: &str, held: &leases::Held, lock: &leases::D
     }
     let short = &id[..id.len().min(12)];
     match nft::unpublish(id, &held.ports) {
-        Ok(()) => leases::release(dir, id, held, lock),
+        Ok(()) => {
+            leases::release(dir, id, held, lock);
+            leases::disown(dir, id, lock);
+        }
         Err(e) => eprintln!(
             "rootless_container: warning: the rules of container {short} stay: {e:#}; its leases are kept until they can be removed"
         ),
     }
 }
 
-fn collect_locked(dir: &Path, run: &Path, lock: &leases::DirLock) {
-    for (id, held) in leases::owners(dir) {
-        if !crate::state::record_is_live(run, &id) {
-            remove_everything(dir, &id, &held, lock);
+fn collect_locked(dir: &Path, lock: &leases::DirLock) {
+    let owners = leases::owners(dir);
+    for (id, held) in &owners {
+        if !leases::owner_is_live(dir, id) {
+            remove_everything(dir, id, held, lock);
+        }
+    }
+    // Owner files without leases: a runtime that died between the two.
+    for id in leases::owner_ids(dir) {
+        if !owners.contains_key(&id) && !leases::owner_is_live(dir, &id) {
+            leases::disown(dir, &id, lock);
         }
     }
 }
 
-/// Reclaim the veths, rules and leases of bridge containers whose runtime died.
-pub fn collect_stale(data: &Path, run: &Path) {
+/// Reclaim the veths, rules and leases of bridge containers whose runtime died (its lock
+/// on `owners/<id>` is free).
+pub fn collect_stale(data: &Path) {
     let dir = state_dir(data);
     if !dir.join("leases").is_dir() {
         return;
@@ -274,7 +295,7 @@ pub fn collect_stale(data: &Path, run: &Path) {
     // Best effort: a directory we may not write (uid 0 of a user namespace sees the
     // host's read-only) holds nothing of ours.
     if let Ok(lock) = leases::lock(&dir) {
-        collect_locked(&dir, run, &lock);
+        collect_locked(&dir, &lock);
     }
 }
 
