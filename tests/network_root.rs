@@ -26,22 +26,6 @@ fn setup() -> Option<PathBuf> {
     rootfs()
 }
 
-fn root_user() -> User {
-    User {
-        name: "root".into(),
-        uid: 0,
-        gid: 0,
-        home: "/root".into(),
-    }
-}
-
-/// `run --rm --rootfs R ARGS...` as root (the default network: the bridge).
-fn brun(r: &Path, args: &[&str]) -> Command {
-    let mut c = as_root();
-    c.args(["run", "--rm", "--rootfs"]).arg(r).args(args);
-    c
-}
-
 /// A free TCP port on the host.
 fn free_port() -> u16 {
     TcpListener::bind("0.0.0.0:0")
@@ -319,6 +303,23 @@ impl Remote {
         .join()
         .unwrap()
     }
+
+    /// `http_get` from inside the namespace.
+    fn http_get(&self, addr: SocketAddr) -> Option<String> {
+        let ns = std::fs::File::open(format!("/run/netns/{}", self.ns)).unwrap();
+        std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on this short-lived thread only.
+            assert_eq!(
+                unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+                0,
+                "setns"
+            );
+            http_get(addr)
+        })
+        .join()
+        .unwrap()
+    }
 }
 
 impl Drop for Remote {
@@ -369,6 +370,69 @@ fn outbound_traffic_is_masqueraded() {
         "not masqueraded"
     );
     assert!(client.wait(Duration::from_secs(20)).success());
+
+    // The other way: a LAN host that routes 10.88.0.0/16 through this host reaches a
+    // published port through the host's address, and nothing else of the container.
+    ip(&[
+        "-n",
+        &remote.ns,
+        "route",
+        "add",
+        "10.88.0.0/16",
+        "via",
+        "198.51.100.1",
+    ]);
+    let marker = unique("lan");
+    let w = www(&marker);
+    let name = unique("rc-lan");
+    let port = free_port();
+    let spec = format!("{port}:80");
+    let vol = format!("{}:/www:ro", w.path().display());
+    let mut server = Running::spawn(&mut brun(
+        &r,
+        &[
+            "--init",
+            "--name",
+            &name,
+            "-v",
+            &vol,
+            "-p",
+            &spec,
+            "sh",
+            "-c",
+            "httpd -p 81 -h /www && echo up; exec httpd -f -p 80 -h /www",
+        ],
+    ));
+    server.expect_line("up", Duration::from_secs(20));
+    let addr = address_of(&container_id(&name));
+    let published = SocketAddr::from((REMOTE_HOST_SIDE, port));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        if let Some(b) = remote.http_get(published) {
+            break b;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the LAN host cannot reach {published}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        body.contains(&marker),
+        "from the LAN via {published}: {body}"
+    );
+    // The container answers on 10.88.0.x:81 (checked from the host, as a control)...
+    assert!(fetch(SocketAddr::from((addr, 81))).contains(&marker));
+    // ...but not to the LAN, on an unpublished port or the published one's own address.
+    for p in [81, 80] {
+        let direct = SocketAddr::from((addr, p));
+        assert_eq!(
+            remote.http_get(direct),
+            None,
+            "the LAN host reached {direct} directly"
+        );
+    }
+    stop(server);
 }
 
 #[test]
@@ -385,6 +449,23 @@ fn port_conflicts_are_clear_errors() {
     assert_eq!(o.stderr_lines().len(), 1, "{}", o.stderr);
     assert!(o.stderr.contains(&port.to_string()), "{}", o.stderr);
     drop(l);
+
+    // One host port twice, with different host addresses: the bridge has one DNAT entry
+    // per protocol and port, so it is the same port.
+    let p = free_port();
+    let o = output(&mut brun(
+        &r,
+        &[
+            "-p",
+            &format!("127.0.0.1:{p}:80"),
+            "-p",
+            &format!("192.0.2.5:{p}:81"),
+            "true",
+        ],
+    ));
+    assert_eq!(o.code(), 125, "{}", o.stderr);
+    assert_eq!(o.stderr_lines().len(), 1, "{}", o.stderr);
+    assert!(o.stderr.contains("published twice"), "{}", o.stderr);
 
     // Published by another container.
     let t = TempDir::new("rc-bridge-holder");
@@ -475,4 +556,293 @@ fn nothing_left_after_exit_sigterm_or_sigkill() {
         left.is_empty()
     });
     assert!(clean, "after SIGKILL and another run: {left:?}");
+}
+
+/// The pid of the container process (a `sh`) whose command line holds `marker`.
+fn container_pid(marker: &str) -> i32 {
+    let mut pid = None;
+    wait_until(Duration::from_secs(10), || {
+        pid = processes()
+            .into_iter()
+            .find(|p| p.comm == "sh" && p.cmdline.iter().any(|a| a.contains(marker)))
+            .map(|p| p.pid);
+        pid.is_some()
+    });
+    pid.unwrap_or_else(|| panic!("no container process with {marker}"))
+}
+
+fn parse_mac(s: &str) -> [u8; 6] {
+    let mut m = [0u8; 6];
+    for (b, p) in m.iter_mut().zip(s.trim().split(':')) {
+        *b = u8::from_str_radix(p, 16).unwrap();
+    }
+    m
+}
+
+/// An Ethernet frame holding one IPv4/UDP datagram `src` -> `dst:dport`.
+fn udp_frame(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    let total = (20 + 8 + payload.len()) as u16;
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&[0x12, 0x34, 0x40, 0, 64, 17, 0, 0]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let mut sum: u32 = ip
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&40000u16.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]); // no UDP checksum (allowed over IPv4)
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Send `frames` on `eth0` of the network namespace of process `pid` through an AF_PACKET
+/// socket: what a process of the container can do with its default CAP_NET_RAW.
+fn send_frames_from(pid: i32, frames: Vec<Vec<u8>>) {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).unwrap();
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on this short-lived thread only; plain socket calls on our own fd
+        // with buffers that outlive them.
+        unsafe {
+            assert_eq!(libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET), 0, "setns");
+            let index = libc::if_nametoindex(c"eth0".as_ptr());
+            assert!(index > 0, "no eth0 in the container");
+            let proto = (libc::ETH_P_IP as u16).to_be();
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto));
+            assert!(
+                fd >= 0,
+                "AF_PACKET socket: {}",
+                std::io::Error::last_os_error()
+            );
+            for f in &frames {
+                let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+                sll.sll_family = libc::AF_PACKET as u16;
+                sll.sll_protocol = proto;
+                sll.sll_ifindex = index as i32;
+                sll.sll_halen = 6;
+                sll.sll_addr[..6].copy_from_slice(&f[..6]);
+                let n = libc::sendto(
+                    fd,
+                    f.as_ptr().cast(),
+                    f.len(),
+                    0,
+                    (&sll as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                );
+                assert_eq!(
+                    n,
+                    f.len() as isize,
+                    "sendto: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            libc::close(fd);
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+/// Datagrams arriving on `s` within `wait`.
+fn datagrams(s: &std::net::UdpSocket, wait: Duration) -> Vec<String> {
+    let deadline = Instant::now() + wait;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1500];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return out;
+        }
+        s.set_read_timeout(Some(left)).unwrap();
+        match s.recv(&mut buf) {
+            Ok(n) => out.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(_) => return out,
+        }
+    }
+}
+
+/// route_localnet=1 on rc0 (for the DNAT of 127.0.0.1:PORT) must not let a container reach
+/// the host's loopback services (CVE-2020-8558): frames a container crafts to rc0's MAC
+/// with a 127.0.0.0/8 destination or source are dropped. The frames go out of the
+/// container's real eth0 (an AF_PACKET socket opened in its network namespace), as an
+/// attacker inside would send them; a frame to 10.88.0.1 sent the same way shows that the
+/// path itself works.
+#[test]
+fn container_cannot_reach_host_loopback() {
+    let Some(r) = setup() else { return };
+    let t = TempDir::new("rc-localnet");
+    let marker = unique("localnet");
+    let name = unique("rc-localnet");
+    let mac = "02:42:ac:11:7e:01";
+    let vol = format!("{}:/w", t.path().display());
+    let script = format!("echo up; while [ ! -e /w/stop ]; do sleep 0.05; done; : {marker}");
+    let mut run = Running::spawn(&mut brun(
+        &r,
+        &[
+            "--name",
+            &name,
+            "--mac-address",
+            mac,
+            "-v",
+            &vol,
+            "sh",
+            "-c",
+            &script,
+        ],
+    ));
+    run.expect_line("up", Duration::from_secs(20));
+    let id = container_id(&name);
+    let addr = address_of(&id);
+    let pid = container_pid(&marker);
+
+    let on_lo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let on_gw = std::net::UdpSocket::bind("10.88.0.1:0").unwrap();
+    let lo_port = on_lo.local_addr().unwrap().port();
+    let gw_port = on_gw.local_addr().unwrap().port();
+    let rc0 = parse_mac(&std::fs::read_to_string("/sys/class/net/rc0/address").unwrap());
+    let me = parse_mac(mac);
+    let gw = Ipv4Addr::new(10, 88, 0, 1);
+    let lo = Ipv4Addr::LOCALHOST;
+    let mut frames = Vec::new();
+    for _ in 0..3 {
+        frames.push(udp_frame(rc0, me, addr, lo, lo_port, b"to-loopback"));
+        frames.push(udp_frame(rc0, me, lo, gw, gw_port, b"from-loopback"));
+    }
+    frames.push(udp_frame(rc0, me, addr, gw, gw_port, b"control"));
+    send_frames_from(pid, frames);
+
+    // In order: once the control datagram is in, the others were judged already.
+    let got = datagrams(&on_gw, Duration::from_secs(3));
+    assert!(
+        got.iter().any(|d| d == "control"),
+        "the crafted control frame to {gw}:{gw_port} did not arrive: the test does not exercise the path ({got:?})"
+    );
+    assert!(
+        !got.iter().any(|d| d == "from-loopback"),
+        "a container's frame with source 127.0.0.1 reached the host"
+    );
+    let leaked = datagrams(&on_lo, Duration::from_millis(300));
+    assert!(
+        leaked.is_empty(),
+        "a container reached the host's 127.0.0.1:{lo_port}: {leaked:?}"
+    );
+
+    std::fs::write(t.path().join("stop"), "").unwrap();
+    assert!(run.wait(Duration::from_secs(20)).success());
+}
+
+/// A start that fails after the bridge was prepared (the command does not exist: 127)
+/// leaves nothing: no lease or port file, no chain or map element, no veth.
+#[test]
+fn nothing_left_after_a_failed_start() {
+    let Some(r) = setup() else { return };
+    let marker = unique("rc-nocmd");
+    let root = root_user();
+    let _cleanup = KeptGuard(&root, marker.clone());
+    let port = free_port();
+    // Without --rm the writable layer stays, named after the id, with the command (the
+    // marker) in its config.json: how the test learns the id of a container gone already.
+    let o = output(as_root().args(["run", "--rootfs"]).arg(&r).args([
+        "-p",
+        &format!("{port}:80"),
+        &format!("/{marker}"),
+    ]));
+    assert_eq!(o.code(), 127, "{}", o.stderr);
+    let kept = kept_containers_with(&root, &marker);
+    assert_eq!(kept.len(), 1, "kept layers: {kept:?}");
+    let id = kept[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert_eq!(leftovers(&id), Vec::<String>::new());
+    assert!(!Path::new(LEASES).join(format!("ports/tcp-{port}")).exists());
+    assert!(!Path::new(LEASES).join("owners").join(&id).exists());
+    assert!(
+        !nft_ruleset().contains(&format!("tcp . {port} :")),
+        "a map element for {port} stays"
+    );
+}
+
+/// A root runtime that sees another /run (a private /run, as in a unit with PrivateTmp-like
+/// settings or under `unshare -m`) must not take a live container's leases for stale: the
+/// owner lock next to the leases says it is alive.
+#[test]
+fn a_private_run_does_not_reclaim_live_containers() {
+    let Some(r) = setup() else { return };
+    let Some(unshare) = which("unshare") else {
+        skip("unshare (util-linux) is not installed");
+        return;
+    };
+    let t = TempDir::new("rc-privrun");
+    let name = unique("rc-privrun");
+    let (mut holder, id) = stoppable(&r, &name, t.path(), &format!("{}:80", free_port()), &[]);
+    let before = lease_files(&id);
+    let script = format!(
+        "mount -t tmpfs tmpfs /run && exec {} run --rm --rootfs {} true",
+        bin().display(),
+        r.display()
+    );
+    let o = output(
+        Command::new(unshare)
+            .env_clear()
+            .env("PATH", PATH)
+            .env("HOME", "/root")
+            .args(["-m", "--propagation", "private", "sh", "-c", &script]),
+    );
+    assert!(o.status.success(), "{}", o.stderr);
+    assert_eq!(lease_files(&id), before, "leases of the live container");
+    assert!(
+        host_veth(&id).exists(),
+        "the live container's veth was deleted"
+    );
+    assert!(nft_ruleset().contains(&id[..12]), "its rules were deleted");
+    std::fs::write(t.path().join("stop"), "").unwrap();
+    assert!(holder.wait(Duration::from_secs(20)).success());
+    assert_eq!(leftovers(&id), Vec::<String>::new(), "after stop");
+}
+
+/// A base chain of the table that went missing (deleted by hand, or a table of an earlier
+/// version) is written again by the next run, once, without other containers' chains
+/// being touched. (The forward chain: removing it for a moment opens nothing.)
+#[test]
+fn the_table_is_repaired() {
+    let Some(r) = setup() else { return };
+    let t = TempDir::new("rc-repair");
+    let name = unique("rc-repair");
+    let (mut holder, id) = stoppable(&r, &name, t.path(), &format!("{}:80", free_port()), &[]);
+    let nft = |args: &[&str]| {
+        Command::new(which("nft").unwrap())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = nft(&["delete", "chain", "ip", "rootless_container", "forward"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    run_ok(&mut brun(&r, &["true"]));
+    let o = nft(&["list", "chain", "ip", "rootless_container", "forward"]);
+    let chain = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "forward chain not repaired");
+    assert_eq!(chain.matches("oifname \"rc0\" drop").count(), 1, "{chain}");
+    assert_eq!(nft_ruleset().matches("ct status dnat accept").count(), 1);
+    // The holder's chain and map element are still there.
+    assert!(nft_ruleset().contains(&format!("c-{}", &id[..12])));
+    std::fs::write(t.path().join("stop"), "").unwrap();
+    assert!(holder.wait(Duration::from_secs(20)).success());
 }

@@ -5,24 +5,7 @@ mod common;
 
 use common::*;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
-
-fn root_user() -> User {
-    User {
-        name: "root".into(),
-        uid: 0,
-        gid: 0,
-        home: "/root".into(),
-    }
-}
-
-/// `run --rm --rootfs R ARGS...` as root.
-fn brun(r: &Path, args: &[&str]) -> Command {
-    let mut c = as_root();
-    c.args(["run", "--rm", "--rootfs"]).arg(r).args(args);
-    c
-}
 
 fn setup() -> Option<PathBuf> {
     require_root()?;

@@ -202,13 +202,20 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
             "-p/--publish needs a network of its own (--network bridge, slirp4netns or pasta); with --network host the container's ports are the host's already",
         ));
     }
+    // The bridge keys a published port by protocol and port alone (one DNAT map entry
+    // per port, whatever the host address); the helpers by address too.
+    let by_port = net_mode == network::Mode::Bridge;
     for (i, p) in ports.iter().enumerate() {
-        if ports[..i]
-            .iter()
-            .any(|q| q.host_port == p.host_port && q.proto == p.proto && q.host_ip == p.host_ip)
-        {
+        if ports[..i].iter().any(|q| {
+            q.host_port == p.host_port && q.proto == p.proto && (by_port || q.host_ip == p.host_ip)
+        }) {
+            let bridge = if by_port {
+                " (on the bridge, a host port is one whatever the host address)"
+            } else {
+                ""
+            };
             return Err(fail(format!(
-                "host port {}/{} is published twice; give each -p its own host port",
+                "host port {}/{} is published twice{bridge}; give each -p its own host port",
                 p.host_port,
                 p.proto.name()
             )));
@@ -441,7 +448,7 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
     dirs.ensure_run()?;
     state::collect_stale(&dirs.run);
     if !rootless {
-        network::bridge::collect_stale(&dirs.data, &dirs.run);
+        network::bridge::collect_stale(&dirs.data);
     }
     let name = a.name.clone().unwrap_or_else(|| id[..12].to_string());
     let live = Live::create(&dirs.run, &id, &name).map_err(|e| fail(format!("{e:#}")))?;
@@ -450,9 +457,7 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
     // Root mode's bridge: address lease, host ports and DNAT rules now (the veth once the
     // container's process exists); all removed when `bridged` is dropped.
     let bridged = match net_mode {
-        network::Mode::Bridge => Some(network::bridge::prepare(
-            &dirs.data, &dirs.run, &id, &ports, mac,
-        )?),
+        network::Mode::Bridge => Some(network::bridge::prepare(&dirs.data, &id, &ports, mac)?),
         _ => None,
     };
     if !etc_binds.is_empty() {

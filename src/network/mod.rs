@@ -79,17 +79,34 @@ fn bad(msg: String) -> anyhow::Error {
     ExitError::new(125, msg).into()
 }
 
+/// Root's default network from the facts of `bridge::default_facts`: the bridge, or none
+/// (with the warning to print, if any) where the bridge cannot work.
+pub fn root_default(facts: (bool, bool, bool)) -> (Mode, Option<String>) {
+    match bridge::default_unavailable(facts.0, facts.1, facts.2) {
+        None => (Mode::Bridge, None),
+        Some(why) => (
+            Mode::None,
+            why.map(|w| {
+                format!(
+                    "rootless_container: warning: {w}: the container has no network (--network none); pass --network none or host to choose"
+                )
+            }),
+        ),
+    }
+}
+
 /// Parse `--network`. `None` (flag absent) picks the default: rootless, the userspace
 /// helper when it is installed, else none with one warning; as root, the bridge (none for
-/// uid 0 of a user namespace, e.g. inside another container).
+/// uid 0 of a user namespace, e.g. inside another container, and none with one warning
+/// without CAP_NET_ADMIN or a writable /proc/sys).
 pub fn parse_mode(flag: Option<&str>, rootless: bool) -> Result<Mode> {
     let Some(flag) = flag else {
         if !rootless {
-            return Ok(if bridge::in_initial_userns() {
-                Mode::Bridge
-            } else {
-                Mode::None
-            });
+            let (mode, warning) = root_default(bridge::default_facts());
+            if let Some(w) = warning {
+                eprintln!("{w}");
+            }
+            return Ok(mode);
         }
         if crate::util::find_in_path("slirp4netns").is_some() {
             return Ok(Mode::Slirp(SlirpOptions::default()));
@@ -314,7 +331,7 @@ mod tests {
     fn modes() {
         assert_eq!(parse_mode(Some("none"), true).unwrap(), Mode::None);
         assert_eq!(parse_mode(Some("host"), true).unwrap(), Mode::Host);
-        if bridge::in_initial_userns() {
+        if root_default(bridge::default_facts()).0 == Mode::Bridge {
             assert_eq!(parse_mode(None, false).unwrap(), Mode::Bridge);
         }
         assert_eq!(parse_mode(Some("bridge"), false).unwrap(), Mode::Bridge);
@@ -340,6 +357,27 @@ mod tests {
             assert!(parse_mode(Some("slirp4netns:mtu=1"), true).is_err());
             assert!(parse_mode(Some("slirp4netns:bogus=1"), true).is_err());
         }
+    }
+
+    #[test]
+    fn root_default_network() {
+        // The host's root.
+        assert_eq!(root_default((true, true, true)), (Mode::Bridge, None));
+        // uid 0 of a user namespace: none, quietly (as before the bridge).
+        assert_eq!(root_default((false, false, false)), (Mode::None, None));
+        assert_eq!(root_default((false, true, true)), (Mode::None, None));
+        // Root in an ordinary Docker container: no CAP_NET_ADMIN, read-only /proc/sys.
+        let (m, w) = root_default((true, false, false));
+        assert_eq!(m, Mode::None);
+        let w = w.unwrap();
+        assert!(
+            w.contains("CAP_NET_ADMIN") && w.contains("--network none"),
+            "{w}"
+        );
+        assert_eq!(w.lines().count(), 1);
+        let (m, w) = root_default((true, true, false));
+        assert_eq!(m, Mode::None);
+        assert!(w.unwrap().contains("ip_forward"));
     }
 
     #[test]

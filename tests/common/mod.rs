@@ -289,6 +289,24 @@ pub fn rootless(user: &User) -> Command {
     as_user(user, user_bin())
 }
 
+/// The host's root as a `User` (its records, names and kept layers).
+pub fn root_user() -> User {
+    User {
+        name: "root".into(),
+        uid: 0,
+        gid: 0,
+        home: "/root".into(),
+    }
+}
+
+/// `run --rm --rootfs R ARGS...` as root (root mode; the default network is the bridge).
+/// run_rootless.rs has a `brun` of its own (as a user), which shadows this one there.
+pub fn brun(r: &Path, args: &[&str]) -> Command {
+    let mut c = as_root();
+    c.args(["run", "--rm", "--rootfs"]).arg(r).args(args);
+    c
+}
+
 /// The runtime as root (root mode), clean environment.
 pub fn as_root() -> Command {
     let mut c = Command::new(bin());

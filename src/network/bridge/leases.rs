@@ -4,12 +4,15 @@
 //! <dir>/lock               flock'd while leases are taken, released or reclaimed
 //! <dir>/leases/10.88.0.2   one file per address, holding the container's id
 //! <dir>/ports/tcp-8080     one file per published host port, holding the container's id
+//! <dir>/owners/<id>        flock'd by the runtime of container <id> for as long as it runs
 //! ```
 //!
 //! Each file is created with O_EXCL, so an address or a port is never handed out twice,
 //! even by runtimes that race or by one that restarts. A file's owner is alive while its
-//! runtime holds the lock on its record (state.rs); files of dead owners are reclaimed
-//! under the directory's lock (by `collect_stale` in the parent module).
+//! runtime holds the lock on `owners/<id>`, next to the leases (not the record's lock in
+//! the run directory: two root runtimes may see different /run directories, a private
+//! /run of a unit or of `unshare -m`, but share these files). Files of dead owners are
+//! reclaimed under the directory's lock (by `collect_stale` in the parent module).
 
 use super::{GATEWAY, PREFIX, SUBNET};
 use crate::network::ports::{PortMapping, Proto};
@@ -26,7 +29,7 @@ pub struct DirLock {
 }
 
 pub fn lock(dir: &Path) -> Result<DirLock> {
-    for sub in ["leases", "ports"] {
+    for sub in ["leases", "ports", "owners"] {
         fs::create_dir_all(dir.join(sub))
             .with_context(|| format!("create {}", dir.join(sub).display()))?;
     }
@@ -38,6 +41,53 @@ pub fn lock(dir: &Path) -> Result<DirLock> {
             .with_context(|| format!("lock {}", dir.join("lock").display()));
     }
     Ok(DirLock { _f: f })
+}
+
+/// The lock that says the runtime of a container is alive; dropping it (or the runtime's
+/// death) releases it. `disown` removes its file.
+pub struct Owner {
+    _f: File,
+}
+
+fn owner_file(dir: &Path, id: &str) -> PathBuf {
+    dir.join("owners").join(id)
+}
+
+/// Take the liveness lock of container `id` (before any of its leases).
+pub fn own(dir: &Path, id: &str, _lock: &DirLock) -> Result<Owner> {
+    let path = owner_file(dir, id);
+    let f = File::create(&path).with_context(|| format!("create {}", path.display()))?;
+    // SAFETY: flock on an fd we own; released when it is closed.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("lock {}", path.display()));
+    }
+    Ok(Owner { _f: f })
+}
+
+/// Whether the runtime of container `id` still runs: its owner file is locked. A missing
+/// file or a lock we can take means it is gone.
+pub fn owner_is_live(dir: &Path, id: &str) -> bool {
+    let Ok(f) = File::open(owner_file(dir, id)) else {
+        return false;
+    };
+    // SAFETY: flock on an fd we own; a lock we get goes with the fd.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) != 0 }
+}
+
+/// Remove the owner file of `id` (its leases are gone).
+pub fn disown(dir: &Path, id: &str, _lock: &DirLock) {
+    let _ = fs::remove_file(owner_file(dir, id));
+}
+
+/// Ids with an owner file (some may have no lease left).
+pub fn owner_ids(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir.join("owners"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
 }
 
 fn create_excl(path: &Path, id: &str) -> std::io::Result<()> {
@@ -92,16 +142,24 @@ pub fn take_ports(dir: &Path, id: &str, ports: &[PortMapping], _lock: &DirLock) 
     for (i, p) in ports.iter().enumerate() {
         let f = port_file(dir, p);
         if let Err(e) = create_excl(&f, id) {
+            // The owner first: the clean-up below may remove this very file.
+            let other = fs::read_to_string(&f).unwrap_or_default();
+            let other = other.trim().to_string();
             for q in &ports[..i] {
                 let _ = fs::remove_file(port_file(dir, q));
             }
             if e.kind() == std::io::ErrorKind::AlreadyExists {
-                let other = fs::read_to_string(&f).unwrap_or_default();
-                let short = other.get(..12).unwrap_or(&other);
+                let who = if other == id {
+                    "this container's -p publishes it twice; give each -p its own host port"
+                        .to_string()
+                } else {
+                    let short = other.get(..12).unwrap_or(&other);
+                    format!("container {short} on the bridge already publishes it; pick another -p host port")
+                };
                 return Err(crate::exit::ExitError::new(
                     125,
                     format!(
-                        "cannot publish host port {}/{}: container {short} on the bridge already publishes it; pick another -p host port",
+                        "cannot publish host port {}/{}: {who}",
                         p.host_port,
                         p.proto.name()
                     ),
@@ -198,6 +256,22 @@ mod tests {
         // The freed address is the first one again; b keeps its own.
         assert_eq!(take_address(&dir, "cc", &l).unwrap(), a);
         take_ports(&dir, "bb", &[p], &l).unwrap();
+        // The same host port twice in one list: named as such, nothing of it stays.
+        let q = crate::network::ports::parse("192.0.2.5:9090:81").unwrap();
+        let q2 = crate::network::ports::parse("127.0.0.1:9090:80").unwrap();
+        let e = take_ports(&dir, "dd", &[q, q2], &l).unwrap_err();
+        assert!(format!("{e:#}").contains("publishes it twice"), "{e:#}");
+        assert!(!port_file(&dir, &q).exists());
+
+        // Liveness: held while the Owner lives, free once it is dropped.
+        assert!(!owner_is_live(&dir, "ee"));
+        let o = own(&dir, "ee", &l).unwrap();
+        assert!(owner_is_live(&dir, "ee"));
+        drop(o);
+        assert!(!owner_is_live(&dir, "ee"));
+        assert_eq!(owner_ids(&dir), vec!["ee".to_string()]);
+        disown(&dir, "ee", &l);
+        assert!(owner_ids(&dir).is_empty());
         fs::remove_dir_all(&dir).unwrap();
     }
 }

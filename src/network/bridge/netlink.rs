@@ -1,10 +1,11 @@
 //! A small synchronous rtnetlink client over `netlink-sys` and `netlink-packet-route`:
-//! exactly the requests the bridge network makes (links, addresses, a default route),
+//! exactly the requests the bridge network makes (links, addresses, a default route, and
+//! the dumps of addresses and routes that find another user of its subnet),
 //! each sent with NLM_F_ACK and answered before the next one. No async runtime: the
 //! runtime is synchronous and its start-up latency counts.
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
     NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
@@ -115,6 +116,89 @@ impl Netlink {
             Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Send a dump request: every object of the kind, in as many parts as it takes.
+    fn dump(&mut self, msg: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
+        self.request(msg, NLM_F_DUMP)
+    }
+
+    /// The name of link `index`, when there is one.
+    pub fn link_name(&mut self, index: u32) -> io::Result<Option<String>> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        match self.request(RouteNetlinkMessage::GetLink(m), 0) {
+            Ok(answers) => Ok(answers.into_iter().find_map(|a| match a {
+                RouteNetlinkMessage::NewLink(l) => l.attributes.into_iter().find_map(|a| match a {
+                    LinkAttribute::IfName(n) => Some(n),
+                    _ => None,
+                }),
+                _ => None,
+            })),
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every IPv4 address: (link index, address, prefix length).
+    pub fn ipv4_addresses(&mut self) -> io::Result<Vec<(u32, Ipv4Addr, u8)>> {
+        let mut m = AddressMessage::default();
+        m.header.family = AddressFamily::Inet;
+        let answers = self.dump(RouteNetlinkMessage::GetAddress(m))?;
+        Ok(answers
+            .into_iter()
+            .filter_map(|a| match a {
+                RouteNetlinkMessage::NewAddress(a) => {
+                    let addr = a.attributes.iter().find_map(|x| match x {
+                        AddressAttribute::Local(IpAddr::V4(v))
+                        | AddressAttribute::Address(IpAddr::V4(v)) => Some(*v),
+                        _ => None,
+                    })?;
+                    Some((a.header.index, addr, a.header.prefix_len))
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The IPv4 routes of the main table that leave through a link: (link index,
+    /// destination, prefix length).
+    pub fn ipv4_main_routes(&mut self) -> io::Result<Vec<(u32, Ipv4Addr, u8)>> {
+        let mut m = RouteMessage::default();
+        m.header.address_family = AddressFamily::Inet;
+        let answers = self.dump(RouteNetlinkMessage::GetRoute(m))?;
+        Ok(answers
+            .into_iter()
+            .filter_map(|a| match a {
+                RouteNetlinkMessage::NewRoute(r) => {
+                    let table = r
+                        .attributes
+                        .iter()
+                        .find_map(|x| match x {
+                            RouteAttribute::Table(t) => Some(*t),
+                            _ => None,
+                        })
+                        .unwrap_or(u32::from(r.header.table));
+                    if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
+                        return None;
+                    }
+                    let dst = r
+                        .attributes
+                        .iter()
+                        .find_map(|x| match x {
+                            RouteAttribute::Destination(RouteAddress::Inet(d)) => Some(*d),
+                            _ => None,
+                        })
+                        .unwrap_or(Ipv4Addr::UNSPECIFIED);
+                    let oif = r.attributes.iter().find_map(|x| match x {
+                        RouteAttribute::Oif(i) => Some(*i),
+                        _ => None,
+                    })?;
+                    Some((oif, dst, r.header.destination_prefix_length))
+                }
+                _ => None,
+            })
+            .collect())
     }
 
     /// Create a bridge with a fixed MAC address (a bridge without one takes the lowest of

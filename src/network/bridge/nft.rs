@@ -9,6 +9,8 @@
 //!   chain output       nat, dstnat:  the same for connections from the host itself
 //!   chain postrouting  nat, srcnat:  masquerade 10.88.0.0/16 leaving other than rc0;
 //!                                    host loopback and hairpin connections into rc0
+//!   chain antispoof    filter, raw: nothing from rc0 to or from 127.0.0.0/8
+//!   chain forward      filter: into rc0 only replies and DNAT (published ports)
 //!   chain c-<id12>     one per container with -p: its DNAT rules
 //! ```
 //! A container's rules are its chain and its map elements, removed together by name.
@@ -20,7 +22,8 @@ use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST,
 };
 use netlink_packet_netfilter::nftables::{
-    ChainAttribute, ChainMessage, NfTablesMessage, TableAttribute, TableMessage,
+    ChainAttribute, ChainMessage, NfTablesMessage, SetAttribute, SetMessage, TableAttribute,
+    TableMessage,
 };
 use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterProtoFamily};
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
@@ -127,39 +130,109 @@ fn chain_exists(chain: &str) -> bool {
     exists(msg).unwrap_or_else(|| nft(&["list", "chain", "ip", TABLE, chain], "").is_ok())
 }
 
-/// The table's fixed part. Declarative `table { ... }` adds to what exists, so this is
-/// applied only when the table is missing (under the lease lock, so once).
+/// The base chains: (name, declaration, rules).
+fn base_chains() -> [(&'static str, &'static str, Vec<String>); 5] {
+    let lookup =
+        "fib daddr type local meta l4proto { tcp, udp } meta l4proto . th dport vmap @published"
+            .to_string();
+    [
+        (
+            "prerouting",
+            "type nat hook prerouting priority dstnat; policy accept;",
+            vec![lookup.clone()],
+        ),
+        (
+            "output",
+            "type nat hook output priority -100; policy accept;",
+            vec![lookup],
+        ),
+        (
+            "postrouting",
+            "type nat hook postrouting priority srcnat; policy accept;",
+            vec![
+                format!("ip saddr {SUBNET}/{PREFIX} oifname != \"{BRIDGE}\" masquerade"),
+                format!("oifname \"{BRIDGE}\" ip saddr 127.0.0.0/8 masquerade"),
+                format!(
+                    "oifname \"{BRIDGE}\" ip saddr {SUBNET}/{PREFIX} ct status dnat masquerade"
+                ),
+            ],
+        ),
+        // route_localnet=1 on the bridge (for the DNAT of 127.0.0.1:PORT) would let a
+        // container send to the host's loopback services by addressing frames to the
+        // bridge's MAC (CVE-2020-8558): loopback addresses never come in from the bridge.
+        // Replies to the host's 127.0.0.1 connections are still addressed to 10.88.0.1
+        // here (they are un-NATed later, at dstnat).
+        (
+            "antispoof",
+            "type filter hook prerouting priority raw; policy accept;",
+            vec![
+                format!("iifname \"{BRIDGE}\" ip daddr 127.0.0.0/8 drop"),
+                format!("iifname \"{BRIDGE}\" ip saddr 127.0.0.0/8 drop"),
+            ],
+        ),
+        // With ip_forward=1, only published ports (DNAT) and replies go into the bridge
+        // from other interfaces; what the host forwards between its other interfaces is
+        // the business of the administrator's firewall, not this table's.
+        (
+            "forward",
+            "type filter hook forward priority filter; policy accept;",
+            vec![
+                "ct state established,related accept".into(),
+                "ct status dnat accept".into(),
+                format!("iifname \"{BRIDGE}\" accept"),
+                format!("oifname \"{BRIDGE}\" drop"),
+            ],
+        ),
+    ]
+}
+
+/// The table's fixed part, applied as one transaction. Idempotent: the declarative block
+/// adds only what is missing (never touching the map's elements or the containers'
+/// chains), then each base chain's rules are flushed and written again.
 pub fn base_ruleset() -> String {
-    format!(
+    let chains = base_chains();
+    let mut s = format!(
         r#"table ip {TABLE} {{
-	comment "rootless_container bridge {BRIDGE}: NAT and published ports; removed with nft delete table ip {TABLE}"
+	comment "rootless_container bridge {BRIDGE}: NAT, published ports, forward filter; removed with nft delete table ip {TABLE}"
 	map published {{
 		type inet_proto . inet_service : verdict
 	}}
-	chain prerouting {{
-		type nat hook prerouting priority dstnat; policy accept;
-		fib daddr type local meta l4proto {{ tcp, udp }} meta l4proto . th dport vmap @published
-	}}
-	chain output {{
-		type nat hook output priority -100; policy accept;
-		fib daddr type local meta l4proto {{ tcp, udp }} meta l4proto . th dport vmap @published
-	}}
-	chain postrouting {{
-		type nat hook postrouting priority srcnat; policy accept;
-		ip saddr {SUBNET}/{PREFIX} oifname != "{BRIDGE}" masquerade
-		oifname "{BRIDGE}" ip saddr 127.0.0.0/8 masquerade
-		oifname "{BRIDGE}" ip saddr {SUBNET}/{PREFIX} ct status dnat masquerade
-	}}
-}}
 "#
-    )
+    );
+    for (name, decl, _) in &chains {
+        s.push_str(&format!("\tchain {name} {{\n\t\t{decl}\n\t}}\n"));
+    }
+    s.push_str("}\n");
+    for (name, _, rules) in &chains {
+        s.push_str(&format!("flush chain ip {TABLE} {name}\n"));
+        for r in rules {
+            s.push_str(&format!("add rule ip {TABLE} {name} {r}\n"));
+        }
+    }
+    s
 }
 
+fn map_exists() -> bool {
+    let msg = NfTablesMessage::GetSet(SetMessage {
+        attributes: vec![
+            SetAttribute::Table(TABLE.into()),
+            SetAttribute::Name("published".into()),
+        ],
+    });
+    exists(msg).unwrap_or_else(|| nft(&["list", "map", "ip", TABLE, "published"], "").is_ok())
+}
+
+/// Make sure the table, its map and its base chains exist; (re)apply the fixed part when
+/// any is missing (a new table, one of an earlier version, or one an administrator
+/// changed). Runs under the lease lock.
 pub fn ensure_table() -> Result<()> {
-    if table_exists()? {
+    let complete = table_exists()?
+        && map_exists()
+        && base_chains().iter().all(|(name, _, _)| chain_exists(name));
+    if complete {
         return Ok(());
     }
-    nft(&["-f", "-"], &base_ruleset()).context("create the nftables table")?;
+    nft(&["-f", "-"], &base_ruleset()).context("set up the nftables table")?;
     Ok(())
 }
 
@@ -278,6 +351,27 @@ mod tests {
         assert!(s.contains(
             "create element ip rootless_container published { tcp . 8080 : jump c-0123456789ab }"
         ));
+    }
+
+    #[test]
+    fn base_ruleset_guards_the_bridge() {
+        let s = base_ruleset();
+        for rule in [
+            "add rule ip rootless_container antispoof iifname \"rc0\" ip daddr 127.0.0.0/8 drop",
+            "add rule ip rootless_container antispoof iifname \"rc0\" ip saddr 127.0.0.0/8 drop",
+            "add rule ip rootless_container forward ct state established,related accept",
+            "add rule ip rootless_container forward ct status dnat accept",
+            "add rule ip rootless_container forward iifname \"rc0\" accept",
+            "add rule ip rootless_container forward oifname \"rc0\" drop",
+        ] {
+            assert!(s.contains(rule), "{rule} missing from {s}");
+        }
+        assert!(s.contains("type filter hook prerouting priority raw;"));
+        // Every base chain is flushed before its rules are written: applying it twice
+        // leaves one copy.
+        for (name, _, _) in base_chains() {
+            assert!(s.contains(&format!("flush chain ip rootless_container {name}\n")));
+        }
     }
 
     #[test]
