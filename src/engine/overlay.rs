@@ -252,6 +252,7 @@ fn mount_host_root(l: &Launch, scratch: &Path, mode: OverlayMode) -> Result<Moun
     )
     .context("mount the container's root tmpfs")?;
     let submounts = host_submounts();
+    let requested = mode;
     let mut mode = mode;
     let mut fuse = false;
     for (i, entry) in fs::read_dir("/").context("read /")?.flatten().enumerate() {
@@ -287,7 +288,7 @@ fn mount_host_root(l: &Launch, scratch: &Path, mode: OverlayMode) -> Result<Moun
         // fuse-overlayfs, which says nothing about the others. A directory that is itself a
         // mount point is an ordinary lower layer.
         let below = nested.iter().any(|m| **m != host);
-        let dir_mode = if mode == OverlayMode::Auto && below && l.rootless {
+        let dir_mode = if requested == OverlayMode::Auto && below && l.rootless {
             OverlayMode::Fuse
         } else {
             mode
