@@ -98,6 +98,18 @@ fn memory_limit_is_written_and_removed_afterwards() {
         .iter()
         .find(|d| d.join("memory.limit_in_bytes").exists() || d.join("memory.max").exists());
     let mem = mem.unwrap_or_else(|| panic!("no memory cgroup for {id} in {dirs:?}"));
+    // The VM tier's guest runs systemd as PID 1: root mode must have asked it for a scope.
+    if std::env::var("RC_VM_GUEST").as_deref() == Ok("1") {
+        assert!(
+            mem.ends_with(format!(
+                "machine.slice/rootless_container-{id}.scope/limits"
+            )),
+            "not a systemd scope: {}",
+            mem.display()
+        );
+        // The runtime waits beside the container, in the scope.
+        assert!(!read(&mem.parent().unwrap().join("runtime/cgroup.procs")).is_empty());
+    }
     let limit = if mem.join("memory.max").exists() {
         read(&mem.join("memory.max"))
     } else {

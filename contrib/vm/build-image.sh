@@ -25,12 +25,14 @@
 #  - the units a test VM does not need masked (see $MASKED), which saves seconds
 #    under TCG, and rc-vm-run.service (guest/), which runs run.sh's command.
 #
-# Environment: RC_VM_CACHE (default /var/tmp/rootless_container-vm),
+# Environment: RC_VM_CACHE (default /var/cache/rootless_container-vm),
 # RC_VM_MIRROR (default http://deb.debian.org/debian), BUSYBOX (default /bin/busybox).
 set -euo pipefail
+# Files the guest reads as its test user (commands, /etc files) must not be 0600.
+umask 022
 
 SUITE=bookworm
-CACHE=${RC_VM_CACHE:-/var/tmp/rootless_container-vm}
+CACHE=${RC_VM_CACHE:-/var/cache/rootless_container-vm}
 MIRROR=${RC_VM_MIRROR:-http://deb.debian.org/debian}
 BUSYBOX=${BUSYBOX:-/bin/busybox}
 IMAGE_SIZE=2G
@@ -116,6 +118,9 @@ if ldd "$BUSYBOX" >/dev/null 2>&1; then
 fi
 
 install -d -m 0755 "$CACHE" "$CACHE/debs"
+# Root boots what it leaves there: only a cache nobody else can write.
+[[ $(stat -c '%u' "$CACHE") == 0 && $(( 0$(stat -c '%a' "$CACHE") & 022 )) == 0 ]] ||
+    die "$CACHE must be owned by root and not group/other-writable"
 # One build at a time; a build that waited here may find the image done.
 exec {lock_fd}>"$CACHE/build.lock"
 flock "$lock_fd"

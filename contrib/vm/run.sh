@@ -22,11 +22,13 @@
 # without finishing COMMAND (the guest's console log is named then); 2 for bad usage.
 # Guests run one at a time (a lock); the disk is a snapshot, so each run starts clean.
 #
-# Environment: RC_VM_CACHE (default /var/tmp/rootless_container-vm), RC_VM_MEMORY
+# Environment: RC_VM_CACHE (default /var/cache/rootless_container-vm), RC_VM_MEMORY
 # (MiB, default 2048), RC_VM_KERNEL_ARGS (added to the guest's kernel command line).
 set -euo pipefail
+# Files the guest reads as its test user (commands, /etc files) must not be 0600.
+umask 022
 
-CACHE=${RC_VM_CACHE:-/var/tmp/rootless_container-vm}
+CACHE=${RC_VM_CACHE:-/var/cache/rootless_container-vm}
 MEMORY=${RC_VM_MEMORY:-2048}
 KEEP_LOGS=20
 
@@ -95,6 +97,9 @@ done
 
 # One guest at a time: the machine has few cores, and TCG uses all it gets.
 install -d -m 0755 "$CACHE" "$CACHE/logs"
+# Root boots what it finds there: only a cache nobody else can write.
+[[ $(stat -c '%u' "$CACHE") == 0 && $(( 0$(stat -c '%a' "$CACHE") & 022 )) == 0 ]] ||
+    die "$CACHE must be owned by root and not group/other-writable"
 exec {lock_fd}>"$CACHE/run.lock"
 if ! flock -n "$lock_fd"; then
     echo "vm/run: waiting for the guest of another run.sh to finish" >&2
@@ -186,7 +191,9 @@ append+=${RC_VM_KERNEL_ARGS:+ $RC_VM_KERNEL_ARGS}
 
 echo "vm/run: booting $(basename "$image") as $user${delegate_all:+ with --delegate-all} (${accel[1]}, timeout ${timeout_s}s; console: $console_log)" >&2
 t_start=$EPOCHREALTIME
-timeout --kill-after=10 "$timeout_s" qemu-system-x86_64 \
+# --foreground: qemu stays in this process group, so whoever kills the job kills it too;
+# and it does not inherit the run lock.
+timeout --foreground --kill-after=10 "$timeout_s" qemu-system-x86_64 {lock_fd}>&- \
     -nodefaults -no-user-config -display none -no-reboot \
     -M q35 "${accel[@]}" -smp "$cpus" -m "$MEMORY" \
     -kernel "$image/vmlinux" -initrd "$image/initrd.img" -append "$append" \

@@ -11,13 +11,14 @@
 //!   that may mount cgroup2 could raise its own limits.
 //! - No process in `limits/` or the scope, so controllers can be enabled below both and
 //!   the container may delegate further.
+//! - The runtime itself waits in `runtime/`, so that the scope outlives the container
+//!   until the runtime has read its memory.events (systemd removes an emptied scope).
 
 use super::{v2, Limits};
 use crate::exit::ExitError;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 use std::time::Duration;
 use zbus::zvariant::{OwnedObjectPath, Value};
 
@@ -29,6 +30,8 @@ const JOB_TIMEOUT: Duration = Duration::from_secs(20);
 /// The middle cgroup holding the limits, and the leaf the processes live in.
 const LIMITS: &str = "limits";
 const LEAF: &str = "container";
+/// Where the runtime itself waits, beside `limits`.
+const RUNTIME: &str = "runtime";
 
 /// Which manager to ask.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,10 +47,6 @@ pub enum Bus {
 pub struct Scope {
     /// /sys/fs/cgroup/... of the scope.
     pub dir: PathBuf,
-    /// Set by a watcher of memory.events: systemd removes the scope as soon as it is
-    /// empty, possibly before the runtime has reaped the container and looked.
-    oom: Arc<AtomicBool>,
-    watcher: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// The user's session bus address, when there is one to talk to.
@@ -139,19 +138,20 @@ pub fn place(bus: Bus, id: &str, pid: i32, limits: &Limits) -> Result<Scope> {
             )
         )),
     }
-    let scope = Scope {
-        dir: cgroup_of(pid)?,
-        oom: Arc::new(AtomicBool::new(false)),
-        watcher: Default::default(),
-    };
-    if let Err(e) = scope.set_up(pid, limits) {
+    let dir = cgroup_of(pid)?;
+    if !dir.ends_with(&unit) {
+        bail!(ExitError::new(
+            125,
+            format!(
+                "systemd started {unit} but the container's process is in {}; run with --cgroup-manager cgroupfs",
+                dir.display()
+            )
+        ));
+    }
+    let scope = Scope { dir };
+    if let Err(e) = scope.set_up(pid, bus, limits) {
         scope.remove();
         return Err(e);
-    }
-    if limits.memory.is_some() {
-        let events = scope.limits().join("memory.events");
-        let watcher = watch_oom(events, scope.oom.clone());
-        *scope.watcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(watcher);
     }
     Ok(scope)
 }
@@ -181,7 +181,8 @@ fn start_scope(bus: Bus, unit: &str, pid: i32) -> Result<()> {
         ),
         ("Slice", Value::from(slice)),
         ("Delegate", Value::from(true)),
-        ("PIDs", Value::from(vec![pid as u32])),
+        // The runtime too: see Scope::set_up.
+        ("PIDs", Value::from(vec![pid as u32, std::process::id()])),
         // An OOM-killed container leaves a failed scope behind without this.
         ("CollectMode", Value::from("inactive-or-failed")),
         ("DefaultDependencies", Value::from(false)),
@@ -223,10 +224,23 @@ impl Scope {
         self.limits().join(LEAF)
     }
 
-    fn set_up(&self, pid: i32, limits: &Limits) -> Result<()> {
+    fn runtime_leaf(&self) -> PathBuf {
+        self.dir.join(RUNTIME)
+    }
+
+    fn set_up(&self, pid: i32, bus: Bus, limits: &Limits) -> Result<()> {
         let have = v2::controllers(&self.dir);
         let missing = limits.missing_controllers(&have);
         if !missing.is_empty() {
+            if bus == Bus::System {
+                bail!(ExitError::new(
+                    125,
+                    format!(
+                        "systemd gives the container's scope no {} controller; enable it for machine.slice (DefaultXxxAccounting, or Delegate= of the slice), or run with --cgroup-manager cgroupfs",
+                        missing.iter().map(|(c, _)| *c).collect::<Vec<_>>().join(", ")
+                    )
+                ));
+            }
             // SAFETY: getuid has no preconditions.
             let uid = unsafe { libc::getuid() };
             bail!(not_delegated(uid, &missing, &have));
@@ -235,6 +249,13 @@ impl Scope {
         std::fs::create_dir_all(&leaf).with_context(|| format!("create {}", leaf.display()))?;
         std::fs::write(leaf.join("cgroup.procs"), pid.to_string())
             .with_context(|| format!("move the container into {}", leaf.display()))?;
+        // The runtime stays in the scope, in a leaf of its own, until it has read the
+        // container's memory.events: systemd removes an empty scope with everything below
+        // it at once, and the OOM kill of PID 1 empties it.
+        let runtime = self.runtime_leaf();
+        std::fs::create_dir(&runtime).with_context(|| format!("create {}", runtime.display()))?;
+        std::fs::write(runtime.join("cgroup.procs"), std::process::id().to_string())
+            .with_context(|| format!("move the runtime into {}", runtime.display()))?;
         // Every delegated controller, not only the limited ones: the container may nest.
         v2::enable_controllers(&self.dir, &have)?;
         v2::enable_controllers(&self.limits(), &have)?;
@@ -242,56 +263,13 @@ impl Scope {
     }
 
     pub fn oom_killed(&self) -> bool {
-        if self.oom.load(Ordering::SeqCst) || v2::oom_killed(&self.limits()) {
-            return true;
-        }
-        // The kernel counts the kill just after sending SIGKILL: give the watcher a moment
-        // to see the event it may not have read yet.
-        let watcher = self.watcher.lock().ok().and_then(|mut w| w.take());
-        if let Some(w) = watcher {
-            let deadline = std::time::Instant::now() + Duration::from_millis(100);
-            while !w.is_finished() && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
-        self.oom.load(Ordering::SeqCst)
+        v2::oom_killed(&self.limits())
     }
 
-    /// Remove our cgroups. Usually systemd has already collected the emptied scope with
-    /// everything below it; this covers a scope that outlives its container.
+    /// Remove the container's cgroups; the scope goes once the runtime, the last process
+    /// in it, exits.
     pub fn remove(&self) {
         super::remove_dir_retrying(&self.leaf());
         super::remove_dir_retrying(&self.limits());
     }
-}
-
-/// Watch `memory.events` (the kernel signals every change as a modification) until it
-/// counts an OOM kill or goes away with its cgroup.
-fn watch_oom(events: PathBuf, oom: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
-    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-    std::thread::spawn(move || {
-        let Ok(ino) = Inotify::init(InitFlags::IN_CLOEXEC) else {
-            return;
-        };
-        if ino.add_watch(&events, AddWatchFlags::IN_MODIFY).is_err() {
-            return;
-        }
-        loop {
-            if v2::events_count(&events, "oom_kill") > 0 {
-                oom.store(true, Ordering::SeqCst);
-                return;
-            }
-            match ino.read_events() {
-                Ok(evs)
-                    if evs
-                        .iter()
-                        .any(|e| e.mask.contains(AddWatchFlags::IN_IGNORED)) =>
-                {
-                    return
-                }
-                Ok(_) => {}
-                Err(_) => return,
-            }
-        }
-    })
 }
