@@ -123,11 +123,19 @@ install -d -m 0755 "$CACHE" "$CACHE/debs"
     die "$CACHE must be owned by root and not group/other-writable"
 # One build at a time; a build that waited here may find the image done.
 exec {lock_fd}>"$CACHE/build.lock"
-flock "$lock_fd"
+flock -w 1800 "$lock_fd" || die "another build has held $CACHE/build.lock for 30 minutes"
 if [[ -z $force && -f $image/.complete ]]; then
     printf '%s\n' "$image"
     exit 0
 fi
+# Under the lock no other build runs: a .build-* left here is from a build that was
+# killed (SIGKILL skips the trap), possibly with /proc and /sys still mounted inside.
+for stale in "$CACHE"/.build-*; do
+    [[ -d $stale ]] || continue
+    awk -v t="$stale/" 'index($2, t) == 1 { print $2 }' /proc/self/mounts | sort -r |
+        while read -r m; do umount -l "$m" || true; done
+    rm -rf --one-file-system "$stale"
+done
 
 log=$CACHE/build.log
 : >"$log"
@@ -168,7 +176,7 @@ fail_with_log() {
 note "building image-$key from $MIRROR (log: $log)"
 includes=$(IFS=,; printf '%s' "${PACKAGES[*]}")
 # In the background, so that a signal reaches the trap (and cleanup) at once.
-setsid debootstrap --variant=minbase --include="$includes" --cache-dir="$CACHE/debs" \
+setsid timeout 1200 debootstrap --variant=minbase --include="$includes" --cache-dir="$CACHE/debs" \
     "$SUITE" "$root" "$MIRROR" >>"$log" 2>&1 </dev/null &
 debootstrap_pid=$!
 wait "$debootstrap_pid" ||
