@@ -29,31 +29,24 @@ here=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 
 # --- packages --------------------------------------------------------------
 # dpkg-query is cheap; only touch apt (slow, needs network) when needed.
-missing=()
-for pkg in "${PACKAGES[@]}"; do
-    status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
-    [[ $status == installed ]] || missing+=("$pkg")
-done
-if ((${#missing[@]})); then
-    note "installing: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+install_missing() { # PACKAGE...
+    local pkg status missing=()
+    for pkg in "$@"; do
+        status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
+        [[ $status == installed ]] || missing+=("$pkg")
+    done
+    if ((${#missing[@]})); then
+        note "installing: ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    fi
+}
+install_missing "${PACKAGES[@]}"
 
 # --- the VM tier's host tools (contrib/vm/) ---------------------------------
 VM_PACKAGES=(debootstrap debian-archive-keyring xz-utils e2fsprogs python3)
-missing=()
-for pkg in "${VM_PACKAGES[@]}"; do
-    status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
-    [[ $status == installed ]] || missing+=("$pkg")
-done
-if ((${#missing[@]})); then
-    note "installing: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+install_missing "${VM_PACKAGES[@]}"
 
 # Plain `apt-get install qemu-system-x86` works on a clean Debian 12 or Ubuntu.
 # Some images ship qemu-utils from bookworm-backports, which conflicts with

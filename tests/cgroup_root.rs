@@ -59,6 +59,15 @@ fn start_named(r: &Path, extra: &[&str], script: &str) -> (Running, String, Stri
     (run, name, link.to_string_lossy().to_string())
 }
 
+/// No cgroup of container `id` is left (systemd collects an emptied scope a moment later).
+fn assert_cgroups_gone(id: &str) {
+    assert!(
+        wait_until(Duration::from_secs(10), || cgroup_dirs_of(id).is_empty()),
+        "stale cgroups left: {:?}",
+        cgroup_dirs_of(id)
+    );
+}
+
 fn read(p: &Path) -> String {
     std::fs::read_to_string(p)
         .unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
@@ -147,12 +156,7 @@ fn memory_limit_is_written_and_removed_afterwards() {
             .arg("true"),
     );
     assert_eq!(o.code(), 0, "{}", o.stderr);
-    // systemd collects an emptied scope on its own, a moment later.
-    assert!(
-        wait_until(Duration::from_secs(10), || cgroup_dirs_of(&id).is_empty()),
-        "stale cgroups left: {:?}",
-        cgroup_dirs_of(&id)
-    );
+    assert_cgroups_gone(&id);
 }
 
 #[test]
@@ -279,11 +283,7 @@ fn cgroupfs_under_a_cgroup_parent() {
             .arg("true"),
     );
     assert_eq!(o.code(), 0, "{}", o.stderr);
-    assert!(
-        wait_until(Duration::from_secs(10), || cgroup_dirs_of(&id).is_empty()),
-        "stale cgroups left: {:?}",
-        cgroup_dirs_of(&id)
-    );
+    assert_cgroups_gone(&id);
     for d in dirs {
         let base = d.parent().unwrap().parent().unwrap().to_path_buf();
         let _ = std::fs::remove_dir(base.join("rootless_container"));

@@ -99,13 +99,7 @@ impl FsCgroup {
             v2,
         };
         let rel = |own: Option<String>| -> PathBuf {
-            let base = parent
-                .map(str::to_string)
-                .or(own)
-                .unwrap_or_else(|| "/".into());
-            PathBuf::from(base.trim_start_matches('/'))
-                .join("rootless_container")
-                .join(id)
+            containers_rel(parent.map(str::to_string).or(own).as_deref().unwrap_or("/")).join(id)
         };
         if v2 {
             let dir = Path::new(ROOT).join(rel(own_path(|c| c.is_empty())));
@@ -250,6 +244,12 @@ impl FsCgroup {
     }
 }
 
+/// Where containers' cgroups go below `base` (the runtime's own cgroup or --cgroup-parent),
+/// relative to a hierarchy's mount point.
+fn containers_rel(base: &str) -> PathBuf {
+    PathBuf::from(base.trim_start_matches('/')).join("rootless_container")
+}
+
 /// Remove cgroups of containers whose runtime died (SIGKILL) and whose processes are gone,
 /// under the runtime's own cgroup or `parent` (--cgroup-parent).
 pub fn collect_stale(parent: Option<&str>, is_live: impl Fn(&str) -> bool) {
@@ -257,11 +257,7 @@ pub fn collect_stale(parent: Option<&str>, is_live: impl Fn(&str) -> bool) {
     let mut parents: Vec<PathBuf> = Vec::new();
     if is_unified() {
         if let Some(b) = base(own_path(|c| c.is_empty())) {
-            parents.push(
-                Path::new(ROOT)
-                    .join(b.trim_start_matches('/'))
-                    .join("rootless_container"),
-            );
+            parents.push(Path::new(ROOT).join(containers_rel(&b)));
         }
     } else {
         for c in ["memory", "cpu", "cpuset", "pids", "blkio"] {
@@ -269,7 +265,7 @@ pub fn collect_stale(parent: Option<&str>, is_live: impl Fn(&str) -> bool) {
                 v1_mount(c),
                 base(own_path(|x| x.split(',').any(|y| y == c))),
             ) {
-                parents.push(m.join(b.trim_start_matches('/')).join("rootless_container"));
+                parents.push(m.join(containers_rel(&b)));
             }
         }
     }

@@ -592,6 +592,10 @@ fn cgroup_manager(
     limits: &Limits,
     parent: bool,
 ) -> Result<CgroupManager> {
+    if flag.is_none() && limits.is_empty() {
+        // The common case, on the start-up path: nothing to probe.
+        return Ok(CgroupManager::Disabled);
+    }
     let unified = crate::cgroup::fs::is_unified();
     let bus = if rootless {
         systemd::user_bus_address().is_some()
@@ -642,7 +646,6 @@ fn cgroup_manager(
                 "invalid --cgroup-manager {other:?}: systemd, cgroupfs or disabled"
             )))
         }
-        None if limits.is_empty() => CgroupManager::Disabled,
         None if !rootless => {
             if unified && bus && !parent {
                 CgroupManager::Systemd(Bus::System)
