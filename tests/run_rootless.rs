@@ -650,6 +650,40 @@ fn default_capabilities_and_no_new_privs() {
     assert_eq!(status_field(&s, "NoNewPrivs").as_deref(), Some("1"));
 }
 
+/// The default seccomp profile is one filter that refuses new namespaces (a new user
+/// namespace needs no capability, so only the filter stops it) and mounts, but lets
+/// ordinary forks through; `seccomp=unconfined` removes it.
+#[test]
+fn default_seccomp_filter_refuses_namespaces_not_forks() {
+    let Some((u, r)) = user_and_rootfs() else {
+        return;
+    };
+    let s = status_inside(&u, &r, &[]);
+    assert_eq!(status_field(&s, "Seccomp").as_deref(), Some("2"));
+    assert_eq!(status_field(&s, "Seccomp_filters").as_deref(), Some("1"));
+    let script =
+        "unshare -U true; echo unshare=$?; (echo fork-ok); mount -t tmpfs t /mnt; echo mount=$?";
+    let o = output(&mut brun(&u, &r, &["sh", "-c", script]));
+    assert!(o.stdout.contains("unshare=1"), "{} {}", o.stdout, o.stderr);
+    assert!(o.stdout.contains("fork-ok"), "{} {}", o.stdout, o.stderr);
+    assert!(o.stdout.contains("mount=1"), "{} {}", o.stdout, o.stderr);
+    assert!(o.stderr.contains("Operation not permitted"), "{}", o.stderr);
+    let s = status_inside(&u, &r, &["--security-opt", "seccomp=unconfined"]);
+    assert_eq!(status_field(&s, "Seccomp").as_deref(), Some("0"));
+    let o = output(&mut brun(
+        &u,
+        &r,
+        &[
+            "--security-opt",
+            "seccomp=unconfined",
+            "unshare",
+            "-U",
+            "true",
+        ],
+    ));
+    assert_eq!(o.code(), 0, "{}", o.stderr);
+}
+
 #[test]
 fn cap_drop_and_add() {
     let Some((u, r)) = user_and_rootfs() else {

@@ -1,6 +1,7 @@
 //! The engine runs one OCI spec: it forks the container's first process into new
 //! namespaces, maps its ids, assembles its root filesystem and waits for it.
 
+mod bpf;
 mod child;
 pub mod fsutil;
 mod init;
