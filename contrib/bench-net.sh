@@ -7,7 +7,7 @@
 #   sudo contrib/bench-net.sh     # runs the rootless rows as rctest
 #
 # Only the host's loopback and namespaces made here are involved. RC_BIN overrides the
-# binary (default target/release/rootless_container); BENCH_SECONDS the iperf3 duration.
+# binary (default target/<host tuple>/release/rootless_container); BENCH_SECONDS the iperf3 duration.
 set -euo pipefail
 cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.."
 
@@ -17,7 +17,9 @@ command -v iperf3 >/dev/null || die "iperf3 not installed (contrib/test-setup.sh
 USER_NAME=${BENCH_USER:-rctest}
 id "$USER_NAME" >/dev/null 2>&1 || die "user $USER_NAME missing (run contrib/test-setup.sh)"
 SECS=${BENCH_SECONDS:-5}
-src=${RC_BIN:-target/release/rootless_container}
+# .cargo/config.toml sets build.target, so the build lands under the host tuple.
+host=$(rustc -vV 2>/dev/null | sed -n 's/^host: //p')
+src=${RC_BIN:-target/${host:-$(uname -m)-unknown-linux-gnu}/release/rootless_container}
 [[ -x $src ]] || die "binary $src not found (cargo build --release)"
 work=$(mktemp -d /tmp/rc-bench-net.XXXXXX)
 chmod 755 "$work"

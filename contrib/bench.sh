@@ -7,7 +7,7 @@
 #   contrib/bench.sh             # everything as the calling user
 #
 # Environment:
-#   RC_BIN=path            binary to bench (default target/release/rootless_container)
+#   RC_BIN=path            binary to bench (default target/<host tuple>/release/rootless_container)
 #   BENCH_ONLY_PEERS=1     skip the rootless_container rows (no binary needed)
 #   BENCH_ROOT_ROWS=0      as root, skip the rows that run as root
 #   BENCH_RUNS=200 BENCH_WARMUP=20
@@ -299,7 +299,9 @@ fi
 RC_ROW=""
 RC_NOSUB_ROW=""
 if [[ $ONLY_PEERS != 1 ]]; then
-    src=${RC_BIN:-$repo/target/release/rootless_container}
+    # .cargo/config.toml sets build.target, so the build lands under the host tuple.
+    host=$(rustc -vV 2>/dev/null | sed -n 's/^host: //p')
+    src=${RC_BIN:-$repo/target/${host:-$(uname -m)-unknown-linux-gnu}/release/rootless_container}
     [[ -f $src && -x $src ]] ||
         die "rootless_container binary not found at $src (cargo build --release, or set RC_BIN)"
     # Root-owned 0755 copy: the test users cannot read root's target/.
