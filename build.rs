@@ -4,9 +4,7 @@
 //! functions a container start runs are placed first, together, from
 //! contrib/symbol-order.txt: the kernel maps a binary's text 64 KiB around every page
 //! fault, so code spread over the whole text costs its whole size in resident memory.
-//! Relative relocations are packed (DT_RELR) so that start-up reads kilobytes, not
-//! hundreds of them. With another linker nothing is added; the binary is the same, only
-//! larger in memory.
+//! With another linker nothing is added; the binary is the same, only larger in memory.
 
 use std::process::Command;
 
@@ -41,7 +39,6 @@ fn main() {
         return;
     }
     let dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
-    println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     println!("cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={dir}/{order}");
     // The list names functions of one build; others (a newer compiler, a changed
     // dependency) are simply not found.

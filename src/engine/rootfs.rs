@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use nix::fcntl::OFlag;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use oci_spec::runtime::{LinuxNamespaceType, Mount};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
 /// Device nodes every container gets, bound from the host (a user namespace cannot mknod).
@@ -65,20 +65,42 @@ fn mount_dev(root: &OwnedFd, l: &Launch) -> Result<()> {
         "mode=755,size=65536k",
     )
     .context("mount tmpfs on /dev")?;
+    // Everything below is made in the tmpfs just mounted, which nothing else can have
+    // touched: plain *at calls on its directory, no resolution through the root.
+    let devfd = open_dir_in(root, "/dev")?;
+    let at = |name: &str, flags: OFlag, mode: u32| -> Result<OwnedFd> {
+        let fd = nix::fcntl::openat(
+            Some(devfd.as_raw_fd()),
+            name,
+            flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::from_bits_truncate(mode),
+        )
+        .with_context(|| format!("create /dev/{name}"))?;
+        // SAFETY: openat returned a new fd that nothing else owns.
+        Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+    };
+    let subdir = |name: &str| -> Result<OwnedFd> {
+        nix::sys::stat::mkdirat(
+            Some(devfd.as_raw_fd()),
+            name,
+            nix::sys::stat::Mode::from_bits_truncate(0o755),
+        )
+        .with_context(|| format!("create /dev/{name}"))?;
+        at(name, OFlag::O_PATH | OFlag::O_DIRECTORY, 0)
+    };
     for name in DEVICES {
         let host = Path::new("/dev").join(name);
-        if !host.exists() {
+        // A host without the node (a minimal /dev) just does not pass it on.
+        if nix::sys::stat::stat(&host).is_err() {
             continue;
         }
-        bind_into(
-            root,
-            &host,
-            &Path::new("/dev").join(name),
-            false,
-            MsFlags::empty(),
+        let target = at(
+            name,
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY,
+            0o644,
         )?;
+        bind(&host, &fd_path(&target), false, MsFlags::empty())?;
     }
-    let devfd = open_dir_in(root, "/dev")?;
     for (link, to) in [
         ("fd", "/proc/self/fd"),
         ("stdin", "/proc/self/fd/0"),
@@ -87,10 +109,10 @@ fn mount_dev(root: &OwnedFd, l: &Launch) -> Result<()> {
         ("ptmx", "pts/ptmx"),
         ("core", "/proc/kcore"),
     ] {
-        nix::unistd::symlinkat(to, Some(std::os::fd::AsRawFd::as_raw_fd(&devfd)), link)
+        nix::unistd::symlinkat(to, Some(devfd.as_raw_fd()), link)
             .with_context(|| format!("create /dev/{link}"))?;
     }
-    let pts = mkdir_all_in_root(root, Path::new("/dev/pts"))?;
+    let pts = subdir("pts")?;
     let ptsflags = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
     // gid=5 (tty) only exists when it is mapped; a single-id map has no group 5 (and a
     // failed attempt costs most of a millisecond).
@@ -122,7 +144,7 @@ fn mount_dev(root: &OwnedFd, l: &Launch) -> Result<()> {
         )
         .context("mount devpts on /dev/pts")?;
     }
-    let shm = mkdir_all_in_root(root, Path::new("/dev/shm"))?;
+    let shm = subdir("shm")?;
     mount_fs(
         "tmpfs",
         "shm",
@@ -131,7 +153,7 @@ fn mount_dev(root: &OwnedFd, l: &Launch) -> Result<()> {
         "mode=1777,size=65536k",
     )
     .context("mount /dev/shm")?;
-    let mq = mkdir_all_in_root(root, Path::new("/dev/mqueue"))?;
+    let mq = subdir("mqueue")?;
     mount_fs(
         "mqueue",
         "mqueue",

@@ -241,8 +241,8 @@ fn emit_condition(p: &mut Program, c: &Condition, fail: usize) {
     p.bind(ok);
 }
 
-/// Compile the profile into one BPF program: architecture check, then the listed syscalls
-/// in number order, each refused with its errno (when its conditions hold), else allowed.
+/// Compile the profile into one BPF program: architecture check, then a binary search over
+/// the listed syscalls, each refused with its errno (when its conditions hold), else allowed.
 pub fn compile(profile: &LinuxSeccomp) -> Result<Vec<SockFilter>> {
     if profile.default_action() != LinuxSeccompAction::ScmpActAllow {
         bail!("unsupported seccomp profile: only defaultAction SCMP_ACT_ALLOW with SCMP_ACT_ERRNO rules is implemented");
@@ -305,28 +305,57 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Vec<SockFilter>> {
         p.ret(ret_errno(libc::ENOSYS as u32));
         p.bind(native);
     }
-    for (nr, r) in &by_nr {
-        let after = p.label();
-        p.jump(Cmp::Eq, *nr, Target::Next, Target::Label(after));
-        if let Some(errno) = r.always {
-            p.ret(ret_errno(errno));
-        } else {
-            for (conds, errno) in &r.rules {
-                let next_rule = p.label();
-                for c in conds {
-                    emit_condition(&mut p, c, next_rule);
-                }
-                p.ret(ret_errno(*errno));
-                p.bind(next_rule);
-            }
-            p.ret(RET_ALLOW);
-        }
-        // Only the not-this-syscall jump arrives here (every path of the block returns),
-        // so the accumulator still holds the syscall number.
-        p.bind(after);
-    }
-    p.ret(RET_ALLOW);
+    let entries: Vec<(u32, &SyscallRules)> = by_nr.iter().map(|(n, r)| (*n, r)).collect();
+    emit_tree(&mut p, &entries);
     p.assemble()
+}
+
+/// A binary search over the sorted syscall numbers, so that any number is decided in
+/// about log2(n) comparisons (the kernel's cache pass runs the filter for every number).
+/// The accumulator holds the syscall number throughout: every rule block returns.
+fn emit_tree(p: &mut Program, entries: &[(u32, &SyscallRules)]) {
+    if entries.len() <= 4 {
+        for (nr, r) in entries {
+            emit_syscall(p, *nr, r);
+        }
+        p.ret(RET_ALLOW);
+        return;
+    }
+    let (left, right) = entries.split_at(entries.len() / 2);
+    let upper = p.label();
+    let lower = p.label();
+    // jge -> the unconditional jump (any distance) to the upper half; else the lower.
+    p.jump(Cmp::Ge, right[0].0, Target::Next, Target::Label(lower));
+    p.jump_always(upper);
+    p.bind(lower);
+    emit_tree(p, left);
+    p.bind(upper);
+    emit_tree(p, right);
+}
+
+/// The test of one syscall number: falls through when `nr` is another syscall.
+fn emit_syscall(p: &mut Program, nr: u32, r: &SyscallRules) {
+    let after = p.label();
+    if let Some(errno) = r.always {
+        p.jump(Cmp::Eq, nr, Target::Next, Target::Label(after));
+        p.ret(ret_errno(errno));
+    } else {
+        // The rules may be long: skip them with an unconditional jump.
+        let block = p.label();
+        p.jump(Cmp::Eq, nr, Target::Label(block), Target::Next);
+        p.jump_always(after);
+        p.bind(block);
+        for (conds, errno) in &r.rules {
+            let next_rule = p.label();
+            for c in conds {
+                emit_condition(p, c, next_rule);
+            }
+            p.ret(ret_errno(*errno));
+            p.bind(next_rule);
+        }
+        p.ret(RET_ALLOW);
+    }
+    p.bind(after);
 }
 
 /// Install the compiled filter (the last step before exec). Sets no_new_privs, which an
@@ -399,6 +428,37 @@ mod tests {
         assert_eq!(run(&f, 0, 0x4000_0003, [0; 6]), RET_KILL_PROCESS);
         #[cfg(target_arch = "x86_64")]
         assert_eq!(call(X32_SYSCALL_BIT | nr("mount"), 0), ENOSYS);
+    }
+
+    /// Every syscall number gets what the profile says, and the search keeps the program
+    /// short (the kernel runs it for each number when it is installed).
+    #[test]
+    fn every_number_is_decided_by_the_search() {
+        let f = default_filter(&[]);
+        let p: LinuxSeccomp = serde_json::from_value(default_profile(&[])).unwrap();
+        let mut denied = std::collections::HashSet::new();
+        for sc in p.syscalls().as_deref().unwrap() {
+            if sc.args().as_deref().unwrap_or(&[]).is_empty()
+                && sc.errno_ret() == Some(libc::EPERM as u32)
+            {
+                denied.extend(sc.names().iter().filter_map(|n| syscall_number(n)));
+            }
+        }
+        assert!(denied.len() > 40, "{denied:?}");
+        for n in 0..600u32 {
+            let want = if n == nr("clone3") {
+                ENOSYS
+            } else if denied.contains(&(n as i64)) {
+                EPERM
+            } else {
+                RET_ALLOW
+            };
+            assert_eq!(
+                run(&f, n, AUDIT_ARCH, [libc::SIGCHLD as u64, 0, 0, 0, 0, 0]),
+                want,
+                "syscall {n}"
+            );
+        }
     }
 
     #[test]
