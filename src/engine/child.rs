@@ -1,5 +1,6 @@
 //! The container's first process, from clone(2) to execve(2).
 
+use super::bpf::SockFilter;
 use super::{rootfs, security, sync, tty, Launch};
 use crate::exit::{ExitError, EXIT_CANNOT_INVOKE, EXIT_NOT_FOUND, EXIT_RUNTIME};
 use anyhow::{Context, Result};
@@ -11,8 +12,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// Entry point after clone; never returns.
-pub fn main(l: &Launch, sock: RawFd, sigs: SigSet) -> ! {
-    let err = match setup_and_exec(l, sock, sigs) {
+/// `seccomp` is the filter compiled by the runtime before clone (pages the child only
+/// reads are not copied for it).
+pub fn main(l: &Launch, sock: RawFd, sigs: SigSet, seccomp: &[SockFilter]) -> ! {
+    let err = match setup_and_exec(l, sock, sigs, seccomp) {
         Ok(never) => match never {},
         Err(e) => e,
     };
@@ -52,11 +55,23 @@ fn loopback_up() -> Result<()> {
     Ok(())
 }
 
-fn setup_and_exec(l: &Launch, sock: RawFd, sigs: SigSet) -> Result<Never> {
+fn setup_and_exec(l: &Launch, sock: RawFd, sigs: SigSet, seccomp: &[SockFilter]) -> Result<Never> {
     // Die with the runtime; a runtime that died before this line is caught by wait_go (EOF).
     // SAFETY: prctl with constant arguments.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+    }
+    // Made here, while the runtime writes our id maps, rather than inside clone: the
+    // dearest namespace to create, and nothing outside has to join it (`--network none`).
+    let netns_here = l.netns_in_child();
+    if netns_here {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot create the container's network namespace ({e}): {}",
+                crate::cli::userns_hint()
+            )
+        })?;
+        loopback_up()?;
     }
     let winsize = sync::wait_go(sock)?;
     // Not dumpable: container processes cannot open our /proc/<pid>/exe, mem or fds. Only
@@ -74,13 +89,9 @@ fn setup_and_exec(l: &Launch, sock: RawFd, sigs: SigSet) -> Result<Never> {
             nix::unistd::sethostname(h).context("set the hostname")?;
         }
     }
-    if l.creates_namespace(LinuxNamespaceType::Network) {
+    if l.creates_namespace(LinuxNamespaceType::Network) && !netns_here {
         loopback_up()?;
     }
-    let seccomp = match l.spec.linux().as_ref().and_then(|x| x.seccomp().as_ref()) {
-        Some(profile) => super::seccomp::compile(profile)?,
-        None => Vec::new(),
-    };
     rootfs::setup(l)?;
 
     let process = l.spec.process().as_ref().context("spec has no process")?;
@@ -124,7 +135,7 @@ fn setup_and_exec(l: &Launch, sock: RawFd, sigs: SigSet) -> Result<Never> {
     security::keep_fds(l.preserve_fds);
     security::close_fds_from(3 + l.preserve_fds)?;
     // Last: from here on the filter also applies to what we do ourselves.
-    super::seccomp::install(&seccomp)?;
+    super::seccomp::install(seccomp)?;
     if l.init {
         // SAFETY: single-threaded; the child continues to exec below, the parent becomes init.
         match unsafe { nix::unistd::fork() }.context("fork the command under --init")? {

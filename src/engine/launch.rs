@@ -108,6 +108,7 @@ fn namespace_flags(l: &Launch) -> u64 {
             LinuxNamespaceType::Pid => libc::CLONE_NEWPID,
             LinuxNamespaceType::Uts => libc::CLONE_NEWUTS,
             LinuxNamespaceType::Ipc => libc::CLONE_NEWIPC,
+            LinuxNamespaceType::Network if l.netns_in_child() => 0,
             LinuxNamespaceType::Network => libc::CLONE_NEWNET,
             // Created by the child once it is in its cgroup.
             LinuxNamespaceType::Cgroup | LinuxNamespaceType::Time => 0,
@@ -233,6 +234,10 @@ pub fn run(l: &Launch, on_started: &mut dyn FnMut(i32)) -> Result<i32> {
         .as_ref()
         .and_then(|p| p.terminal())
         .unwrap_or(false);
+    let seccomp = match l.spec.linux().as_ref().and_then(|x| x.seccomp().as_ref()) {
+        Some(profile) => super::seccomp::compile(profile)?,
+        None => Vec::new(),
+    };
     let (parent_sock, child_sock) = sync::pair()?;
     let mut sigs = SigSet::empty();
     for s in FORWARDED {
@@ -248,13 +253,20 @@ pub fn run(l: &Launch, on_started: &mut dyn FnMut(i32)) -> Result<i32> {
     let (pid, pidfd) = clone_into_namespaces(namespace_flags(l))?;
     if pid == 0 {
         drop(parent_sock);
-        super::child::main(l, child_sock.as_raw_fd(), sigs);
+        super::child::main(l, child_sock.as_raw_fd(), sigs, &seccomp);
     }
     drop(child_sock);
     let pid = Pid::from_raw(pid);
     let mut guard = ChildGuard(Some(pid));
     if userns {
-        write_maps(l, pid)?;
+        if let Err(e) = write_maps(l, pid) {
+            // The child may have failed first (it creates the network namespace
+            // meanwhile); give its reason, not the missing /proc entry.
+            if let Some((code, message)) = sync::reported_failure(&parent_sock) {
+                return Err(ExitError::new(code, message).into());
+            }
+            return Err(e);
+        }
     }
     // Into its cgroup before it runs anything of its own: the cgroup namespace the child
     // creates after `go` is then rooted there.

@@ -94,6 +94,15 @@ pub struct Launch {
 }
 
 impl Launch {
+    /// The container's network namespace is made by its first process after clone, while
+    /// the runtime writes the id maps: it is a new one, and no helper or bridge has to join
+    /// it before the process is released.
+    pub fn netns_in_child(&self) -> bool {
+        self.creates_namespace(oci_spec::runtime::LinuxNamespaceType::Network)
+            && self.network.is_none()
+            && self.bridge.is_none()
+    }
+
     /// Whether the spec asks for a new namespace of type `t` (not one joined by path).
     pub fn creates_namespace(&self, t: oci_spec::runtime::LinuxNamespaceType) -> bool {
         self.spec

@@ -140,3 +140,25 @@ pub fn recv_report(fd: &OwnedFd) -> Result<Report> {
         other => bail!("unexpected message {other:#x} from the container's setup"),
     }
 }
+
+/// A failure the child already reported, without waiting: when the runtime's own step
+/// fails because the child has died (its /proc entries are gone), the child's reason is
+/// the one to show.
+pub fn reported_failure(fd: &OwnedFd) -> Option<(i32, String)> {
+    let mut buf = [0u8; 4096];
+    // SAFETY: recv into a buffer we own, never blocking.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n <= 1 || buf[0] != b'F' {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&buf[1..n as usize]).to_string();
+    let (code, message) = text.split_once(' ').unwrap_or(("125", &text));
+    Some((code.parse().unwrap_or(125), message.to_string()))
+}
