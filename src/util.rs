@@ -16,3 +16,11 @@ pub fn is_executable(p: &std::path::Path) -> bool {
         .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         .unwrap_or(false)
 }
+
+/// Print a warning line with one write(2): stderr is unbuffered, and `eprintln!` writes
+/// each piece of its format on its own.
+pub fn warn(message: &str) {
+    use std::io::Write;
+    let line = format!("rootless_container: warning: {message}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}

@@ -77,7 +77,7 @@ pub(super) fn plan_maps(
         } else {
             "only root inside"
         };
-        eprintln!("rootless_container: warning: {why}; running with a single id mapping ({only})");
+        crate::util::warn(&format!("{why}; running with a single id mapping ({only})"));
         return Ok((single(uid), single(gid), MapWriter::Direct));
     }
     let (u, g) = match mode {
@@ -446,7 +446,6 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
     })?;
 
     dirs.ensure_run()?;
-    state::collect_stale(&dirs.run);
     if !rootless {
         network::bridge::collect_stale(&dirs.data);
     }
@@ -551,12 +550,14 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
         exit_code: None,
         rootless,
     };
-    live.write(&record)?;
-    let result = engine::run(&launch, &mut |pid| {
-        record.status = Status::Running;
-        record.pid = pid;
-        let _ = live.write(&record);
-    });
+    let result = engine::run(
+        &launch,
+        &mut RecordHooks {
+            live: &live,
+            record: &mut record,
+            run: &dirs.run,
+        },
+    );
     // The cgroup is read and removed, and the bridge's veth, rules and leases go, while the
     // record is still live: another runtime's stale collection may not take them first.
     if let Some(cg) = &cgroup {
@@ -572,6 +573,31 @@ pub fn run(a: RunArgs, overlay: OverlayMode) -> Result<i32> {
     drop(bridged);
     drop(live);
     result
+}
+
+/// The record's state follows the start: written once the container's process exists
+/// (the record itself, with its lock, is made before clone), then again when the command
+/// runs.
+struct RecordHooks<'a> {
+    live: &'a Live,
+    record: &'a mut Record,
+    run: &'a Path,
+}
+
+impl engine::Hooks for RecordHooks<'_> {
+    fn created(&mut self, _pid: i32) -> Result<()> {
+        self.live.write(self.record)?;
+        // Records of runtimes that died: off the start-up path, while the id maps are
+        // written.
+        state::collect_stale(self.run);
+        Ok(())
+    }
+
+    fn started(&mut self, pid: i32) {
+        self.record.status = Status::Running;
+        self.record.pid = pid;
+        let _ = self.live.write(self.record);
+    }
 }
 
 /// Which cgroup manager places the container.

@@ -59,7 +59,7 @@ pub fn unshare(command: Vec<String>) -> Result<i32> {
     }
     drop(child_sock);
     let pid = Pid::from_raw(pid);
-    if let Err(e) = write_id_maps(&writer, pid, &uids, &gids, true) {
+    if let Err(e) = write_id_maps(&writer, pid, &uids, &gids, true, &mut || Ok(())) {
         let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
         let _ = waitpid(pid, None);
         return Err(e);

@@ -128,7 +128,7 @@ impl Drop for ChildGuard {
     }
 }
 
-fn write_maps(l: &Launch, pid: Pid) -> Result<()> {
+fn write_maps(l: &Launch, pid: Pid, meanwhile: &mut dyn FnMut() -> Result<()>) -> Result<()> {
     let linux = l
         .spec
         .linux()
@@ -156,17 +156,20 @@ fn write_maps(l: &Launch, pid: Pid) -> Result<()> {
         &conv(linux.uid_mappings()),
         &conv(linux.gid_mappings()),
         root_inside,
+        meanwhile,
     )
 }
 
 /// Write the id maps of `pid`'s new user namespace. When a helper fails and only root is
 /// needed inside (`single_ok`), fall back to the single mapping a user may write.
+/// `meanwhile` runs while the helpers do (its error is returned once they are done).
 pub(crate) fn write_id_maps(
     writer: &MapWriter,
     pid: Pid,
     uids: &[userns::IdMap],
     gids: &[userns::IdMap],
     single_ok: bool,
+    meanwhile: &mut dyn FnMut() -> Result<()>,
 ) -> Result<()> {
     match writer {
         MapWriter::Helpers {
@@ -176,8 +179,10 @@ pub(crate) fn write_id_maps(
             // Both helpers at once: each is a setuid exec, the slowest part of start-up.
             let u = userns::spawn_map_helper(newuidmap, pid, uids)?;
             let g = userns::spawn_map_helper(newgidmap, pid, gids)?;
+            let other = meanwhile();
             let ur = userns::finish_map_helper("newuidmap", u);
             let gr = userns::finish_map_helper("newgidmap", g);
+            other?;
             if ur.is_ok() && gr.is_ok() {
                 return Ok(());
             }
@@ -205,7 +210,8 @@ pub(crate) fn write_id_maps(
         MapWriter::Direct => {
             userns::deny_setgroups(pid)?;
             userns::write_map_direct(pid, "uid_map", uids)?;
-            userns::write_map_direct(pid, "gid_map", gids)
+            userns::write_map_direct(pid, "gid_map", gids)?;
+            meanwhile()
         }
     }
 }
@@ -226,8 +232,18 @@ fn attach_network(n: &super::NetworkPlan, pid: Pid) -> Result<Box<dyn std::any::
     Ok(Box::new(slirp))
 }
 
-/// Run the container to completion. `on_started` is told the pid once the command runs.
-pub fn run(l: &Launch, on_started: &mut dyn FnMut(i32)) -> Result<i32> {
+/// What the caller does at two points of a start.
+pub trait Hooks {
+    /// The container's process exists and waits: runs while its id maps are written (and,
+    /// with `--network none`, while it creates its network namespace), so that work
+    /// kept off the start-up path before clone goes here.
+    fn created(&mut self, pid: i32) -> Result<()>;
+    /// The command runs (its exec succeeded).
+    fn started(&mut self, pid: i32);
+}
+
+/// Run the container to completion.
+pub fn run(l: &Launch, hooks: &mut dyn Hooks) -> Result<i32> {
     let terminal = l
         .spec
         .process()
@@ -258,15 +274,19 @@ pub fn run(l: &Launch, on_started: &mut dyn FnMut(i32)) -> Result<i32> {
     drop(child_sock);
     let pid = Pid::from_raw(pid);
     let mut guard = ChildGuard(Some(pid));
-    if userns {
-        if let Err(e) = write_maps(l, pid) {
-            // The child may have failed first (it creates the network namespace
-            // meanwhile); give its reason, not the missing /proc entry.
-            if let Some((code, message)) = sync::reported_failure(&parent_sock) {
-                return Err(ExitError::new(code, message).into());
-            }
-            return Err(e);
+    let mut created = || hooks.created(pid.as_raw());
+    let maps = if userns {
+        write_maps(l, pid, &mut created)
+    } else {
+        created()
+    };
+    if let Err(e) = maps {
+        // The child may have failed first (it creates the network namespace meanwhile);
+        // give its reason, not the missing /proc entry.
+        if let Some((code, message)) = sync::reported_failure(&parent_sock) {
+            return Err(ExitError::new(code, message).into());
         }
+        return Err(e);
     }
     // Into its cgroup before it runs anything of its own: the cgroup namespace the child
     // creates after `go` is then rooted there.
@@ -303,7 +323,7 @@ pub fn run(l: &Launch, on_started: &mut dyn FnMut(i32)) -> Result<i32> {
     }
     drop(parent_sock);
     guard.0 = None;
-    on_started(pid.as_raw());
+    hooks.started(pid.as_raw());
 
     let _raw = if terminal && l.interactive {
         Some(tty::RawMode::enter(stdin_fd)?)

@@ -20,8 +20,8 @@ use oci_spec::runtime::Spec;
 use std::path::PathBuf;
 
 pub use crate::cli::OverlayMode;
-pub use launch::run;
 pub(crate) use launch::{clone_into_namespaces, write_id_maps};
+pub use launch::{run, Hooks};
 pub use tty::require_terminal_stdin;
 
 /// How the id maps of a new user namespace are written.

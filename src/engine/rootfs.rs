@@ -232,6 +232,9 @@ fn mount_entry(root: &OwnedFd, m: &Mount, l: &Launch) -> Result<()> {
 /// runc's masked paths: files under /dev/null, directories under an empty read-only tmpfs.
 fn mask_paths(root: &OwnedFd, l: &Launch) -> Result<()> {
     let linux = l.spec.linux().as_ref();
+    // The first masked directory gets an empty read-only tmpfs; the others are binds of
+    // that mount (a bind is cheaper than a new superblock, and read-only all the same).
+    let mut empty_dir: Option<OwnedFd> = None;
     for p in linux
         .and_then(|x| x.masked_paths().as_ref())
         .into_iter()
@@ -243,7 +246,15 @@ fn mask_paths(root: &OwnedFd, l: &Launch) -> Result<()> {
         };
         let st = nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(&fd))?;
         let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
-        let r = if is_dir {
+        let r = if let (true, Some(empty)) = (is_dir, &empty_dir) {
+            mount(
+                Some(&fd_path(empty)),
+                &fd_path(&fd),
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+        } else if is_dir {
             mount_fs(
                 "tmpfs",
                 "tmpfs",
@@ -251,6 +262,12 @@ fn mask_paths(root: &OwnedFd, l: &Launch) -> Result<()> {
                 MsFlags::MS_RDONLY,
                 "size=0",
             )
+            .and_then(|()| {
+                // The fd is below the new mount: reach the tmpfs itself for the binds.
+                let top = open_in_root(root, Path::new(p), OFlag::O_PATH | OFlag::O_DIRECTORY, 0)?;
+                empty_dir = Some(top);
+                Ok(())
+            })
         } else {
             mount(
                 Some("/dev/null"),
