@@ -1364,6 +1364,25 @@ fn network_none_has_loopback_only() {
         ],
     ));
     assert_eq!(out, "lo\nping=ok\n");
+    // The namespace is made by a helper process beside the container's setup: it is the
+    // container's own (not the host's, not another container's), sysfs shows it, and
+    // the helper is gone before the command starts (nothing but PID 1 and ps inside).
+    let host = run_ok(as_user(&u, "readlink").arg("/proc/self/ns/net"));
+    let probe = "readlink /proc/self/ns/net; ls /proc | grep -c '^[0-9]'";
+    let a = run_ok(&mut brun(&u, &r, &["--network", "none", "sh", "-c", probe]));
+    let b = run_ok(&mut brun(&u, &r, &["--network", "none", "sh", "-c", probe]));
+    let (ns_a, procs) = a.split_once('\n').unwrap();
+    assert_ne!(ns_a, host.trim(), "the host's network namespace");
+    assert_ne!(
+        ns_a,
+        b.lines().next().unwrap(),
+        "two containers share a namespace"
+    );
+    // sh (PID 1) and the grep of the pipeline's other side (ls runs in sh's child).
+    assert!(
+        procs.trim().parse::<u32>().unwrap() <= 3,
+        "processes inside: {a}"
+    );
 }
 
 #[test]

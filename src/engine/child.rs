@@ -30,49 +30,18 @@ pub fn main(l: &Launch, sock: RawFd, sigs: SigSet, seccomp: &[SockFilter]) -> ! 
 
 enum Never {}
 
-/// Bring the loopback interface of a new network namespace up.
-fn loopback_up() -> Result<()> {
-    // SAFETY: plain socket + ioctl on a zeroed ifreq naming "lo".
-    unsafe {
-        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if s < 0 {
-            return Err(std::io::Error::last_os_error()).context("socket");
-        }
-        let mut ifr: libc::ifreq = std::mem::zeroed();
-        for (i, b) in b"lo".iter().enumerate() {
-            ifr.ifr_name[i] = *b as libc::c_char;
-        }
-        let ok = libc::ioctl(s, libc::SIOCGIFFLAGS, &mut ifr) == 0 && {
-            ifr.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-            libc::ioctl(s, libc::SIOCSIFFLAGS, &ifr) == 0
-        };
-        let err = std::io::Error::last_os_error();
-        libc::close(s);
-        if !ok {
-            return Err(err).context("bring up the loopback interface");
-        }
-    }
-    Ok(())
-}
-
 fn setup_and_exec(l: &Launch, sock: RawFd, sigs: SigSet, seccomp: &[SockFilter]) -> Result<Never> {
     // Die with the runtime; a runtime that died before this line is caught by wait_go (EOF).
     // SAFETY: prctl with constant arguments.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
     }
-    // Made here, while the runtime writes our id maps, rather than inside clone: the
-    // dearest namespace to create, and nothing outside has to join it (`--network none`).
-    let netns_here = l.netns_in_child();
-    if netns_here {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot create the container's network namespace ({e}): {}",
-                crate::cli::userns_hint()
-            )
-        })?;
-        loopback_up()?;
-    }
+    // Made by a helper while we set up (see netns.rs), joined before sysfs is mounted.
+    let mut netns = if l.netns_in_child() {
+        Some(super::netns::PendingNetns::start()?)
+    } else {
+        None
+    };
     let winsize = sync::wait_go(sock)?;
     // Not dumpable: container processes cannot open our /proc/<pid>/exe, mem or fds. Only
     // now: the runtime writes our id maps and setgroups file before `go`, which a
@@ -89,10 +58,13 @@ fn setup_and_exec(l: &Launch, sock: RawFd, sigs: SigSet, seccomp: &[SockFilter])
             nix::unistd::sethostname(h).context("set the hostname")?;
         }
     }
-    if l.creates_namespace(LinuxNamespaceType::Network) && !netns_here {
-        loopback_up()?;
+    if l.creates_namespace(LinuxNamespaceType::Network) && netns.is_none() {
+        super::netns::loopback_up()?;
     }
-    rootfs::setup(l)?;
+    rootfs::setup(l, &mut netns)?;
+    if let Some(n) = netns.take() {
+        n.enter()?;
+    }
 
     let process = l.spec.process().as_ref().context("spec has no process")?;
     if process.terminal().unwrap_or(false) {

@@ -7,6 +7,7 @@ pub mod fsutil;
 mod init;
 mod launch;
 mod mounts;
+mod netns;
 mod overlay;
 mod rootfs;
 pub mod seal;
@@ -94,9 +95,9 @@ pub struct Launch {
 }
 
 impl Launch {
-    /// The container's network namespace is made by its first process after clone, while
-    /// the runtime writes the id maps: it is a new one, and no helper or bridge has to join
-    /// it before the process is released.
+    /// The container's network namespace is made after clone, beside the first process's
+    /// setup (netns.rs): it is a new one, and no helper or bridge has to join it before the
+    /// process is released.
     pub fn netns_in_child(&self) -> bool {
         self.creates_namespace(oci_spec::runtime::LinuxNamespaceType::Network)
             && self.network.is_none()

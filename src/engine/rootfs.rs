@@ -307,7 +307,9 @@ fn mask_paths(root: &OwnedFd, l: &Launch) -> Result<()> {
 }
 
 /// Build the whole filesystem view and pivot into it. On return `/` is the container's root.
-pub fn setup(l: &Launch) -> Result<()> {
+/// `netns`, a network namespace still being made, is joined before sysfs is mounted
+/// (sysfs shows the mounting process's network namespace).
+pub fn setup(l: &Launch, netns: &mut Option<super::netns::PendingNetns>) -> Result<()> {
     // Nothing we mount may propagate back to the host.
     mount(
         None::<&str>,
@@ -328,6 +330,11 @@ pub fn setup(l: &Launch) -> Result<()> {
     let new_root = mounted.path;
     let root = open_dir(&new_root)?;
     for m in l.spec.mounts().as_deref().unwrap_or(&[]) {
+        if m.typ().as_deref() == Some("sysfs") {
+            if let Some(n) = netns.take() {
+                n.enter()?;
+            }
+        }
         if !l.creates_namespace(LinuxNamespaceType::Network)
             && m.typ().as_deref() == Some("sysfs")
             && l.rootless
