@@ -36,12 +36,17 @@ fn setup_and_exec(l: &Launch, sock: RawFd, sigs: SigSet, seccomp: &[SockFilter])
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
     }
-    // Made by a helper while we set up (see netns.rs), joined before sysfs is mounted.
-    let mut netns = if l.netns_in_child() {
-        Some(super::netns::PendingNetns::start()?)
-    } else {
-        None
-    };
+    // Our own network namespace, made after clone (see netns.rs): here, while the setuid
+    // helpers write the maps, or else by a helper process while we set up, joined
+    // before sysfs is mounted.
+    let mut netns = None;
+    if l.netns_in_child() {
+        if matches!(l.maps, super::MapWriter::Helpers { .. }) {
+            super::netns::create()?;
+        } else {
+            netns = Some(super::netns::PendingNetns::start()?);
+        }
+    }
     let winsize = sync::wait_go(sock)?;
     // Not dumpable: container processes cannot open our /proc/<pid>/exe, mem or fds. Only
     // now: the runtime writes our id maps and setgroups file before `go`, which a
@@ -58,7 +63,7 @@ fn setup_and_exec(l: &Launch, sock: RawFd, sigs: SigSet, seccomp: &[SockFilter])
             nix::unistd::sethostname(h).context("set the hostname")?;
         }
     }
-    if l.creates_namespace(LinuxNamespaceType::Network) && netns.is_none() {
+    if l.creates_namespace(LinuxNamespaceType::Network) && !l.netns_in_child() {
         super::netns::loopback_up()?;
     }
     rootfs::setup(l, &mut netns)?;

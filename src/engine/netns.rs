@@ -8,8 +8,11 @@
 //! creates it on the other core and hands it over as a file descriptor; the first
 //! process joins it before it mounts sysfs, which shows the mounter's network namespace.
 //! A thread would share the address space, and every change to it would then cost both
-//! cores a TLB flush; a helper process does not. With a network helper or the bridge the
-//! namespace comes from clone(2), as they need it before the container is released.
+//! cores a TLB flush; a helper process does not. When newuidmap and newgidmap write the
+//! maps, the first process waits for them longer than the namespace takes, so it makes
+//! the namespace itself meanwhile (a helper would only compete with them for the cores).
+//! With a network helper or the bridge the namespace comes from clone(2), as they need it
+//! before the container is released.
 
 use super::sync;
 use anyhow::{bail, Context, Result};
@@ -49,15 +52,20 @@ pub struct PendingNetns {
     sock: OwnedFd,
 }
 
-/// In the helper: make the namespace, bring `lo` up, return an fd to it.
-fn make() -> Result<OwnedFd> {
+/// Move the calling process into a new network namespace with `lo` up.
+pub fn create() -> Result<()> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
         anyhow::anyhow!(
             "cannot create the container's network namespace ({e}): {}",
             crate::cli::userns_hint()
         )
     })?;
-    loopback_up()?;
+    loopback_up()
+}
+
+/// In the helper: make the namespace, return an fd to it.
+fn make() -> Result<OwnedFd> {
+    create()?;
     let fd = nix::fcntl::open(
         "/proc/self/ns/net",
         nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
