@@ -1,6 +1,6 @@
 //! Assemble the container's filesystem view on the new root and pivot into it.
 
-use super::fsutil::{fd_path, mkdir_all_in_root, open_dir, open_in_root, touch_in_root};
+use super::fsutil::{at_dir, fd_path, mkdir_all_in_root, open_dir, open_in_root, touch_in_root};
 use super::mounts::{bind, mount_fs, parse_options, remount_bind};
 use super::Launch;
 use anyhow::{bail, Context, Result};
@@ -23,12 +23,13 @@ fn bind_into(
     flags: MsFlags,
 ) -> Result<()> {
     let is_dir = std::fs::metadata(src).map(|m| m.is_dir()).unwrap_or(true);
-    let target = if is_dir {
-        mkdir_all_in_root(root, dest)?
+    if is_dir {
+        let target = mkdir_all_in_root(root, dest)?;
+        bind(src, &at_dir(&target), recursive, MsFlags::empty())?;
     } else {
-        touch_in_root(root, dest)?
-    };
-    bind(src, &fd_path(&target), recursive, MsFlags::empty())?;
+        let target = touch_in_root(root, dest)?;
+        bind(src, &fd_path(&target), recursive, MsFlags::empty())?;
+    }
     apply_bind_flags(root, dest, flags)
 }
 
@@ -60,7 +61,7 @@ fn mount_dev(root: &OwnedFd, l: &Launch) -> Result<()> {
     mount_fs(
         "tmpfs",
         "tmpfs",
-        &fd_path(&dev),
+        &at_dir(&dev),
         MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
         "mode=755,size=65536k",
     )
@@ -94,12 +95,14 @@ fn mount_dev(root: &OwnedFd, l: &Launch) -> Result<()> {
         if nix::sys::stat::stat(&host).is_err() {
             continue;
         }
-        let target = at(
+        drop(at(
             name,
             OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY,
             0o644,
-        )?;
-        bind(&host, &fd_path(&target), false, MsFlags::empty())?;
+        )?);
+        // By name in the fresh tmpfs (no symlink can be there), from inside it.
+        nix::unistd::fchdir(devfd.as_raw_fd()).context("enter /dev")?;
+        bind(&host, Path::new(name), false, MsFlags::empty())?;
     }
     for (link, to) in [
         ("fd", "/proc/self/fd"),
@@ -129,7 +132,7 @@ fn mount_dev(root: &OwnedFd, l: &Launch) -> Result<()> {
         || mount_fs(
             "devpts",
             "devpts",
-            &fd_path(&pts),
+            &at_dir(&pts),
             ptsflags,
             "newinstance,ptmxmode=0666,mode=0620,gid=5",
         )
@@ -138,7 +141,7 @@ fn mount_dev(root: &OwnedFd, l: &Launch) -> Result<()> {
         mount_fs(
             "devpts",
             "devpts",
-            &fd_path(&pts),
+            &at_dir(&pts),
             ptsflags,
             "newinstance,ptmxmode=0666,mode=0620",
         )
@@ -148,7 +151,7 @@ fn mount_dev(root: &OwnedFd, l: &Launch) -> Result<()> {
     mount_fs(
         "tmpfs",
         "shm",
-        &fd_path(&shm),
+        &at_dir(&shm),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         "mode=1777,size=65536k",
     )
@@ -157,7 +160,7 @@ fn mount_dev(root: &OwnedFd, l: &Launch) -> Result<()> {
     mount_fs(
         "mqueue",
         "mqueue",
-        &fd_path(&mq),
+        &at_dir(&mq),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         "",
     )
@@ -213,7 +216,7 @@ fn mount_entry(root: &OwnedFd, m: &Mount, l: &Launch) -> Result<()> {
         .map(|p| p.to_string_lossy().to_string())
         .unwrap_or_else(|| typ.to_string());
     let data = opts.data.join(",");
-    match mount_fs(typ, &src, &fd_path(&target), opts.flags, &data) {
+    match mount_fs(typ, &src, &at_dir(&target), opts.flags, &data) {
         Ok(()) => Ok(()),
         // A user namespace without its own network namespace may not mount sysfs: show the
         // host's, read-only, as runc does.
@@ -249,20 +252,13 @@ fn mask_paths(root: &OwnedFd, l: &Launch) -> Result<()> {
         let r = if let (true, Some(empty)) = (is_dir, &empty_dir) {
             mount(
                 Some(&fd_path(empty)),
-                &fd_path(&fd),
+                at_dir(&fd).as_ref(),
                 None::<&str>,
                 MsFlags::MS_BIND,
                 None::<&str>,
             )
         } else if is_dir {
-            mount_fs(
-                "tmpfs",
-                "tmpfs",
-                &fd_path(&fd),
-                MsFlags::MS_RDONLY,
-                "size=0",
-            )
-            .and_then(|()| {
+            mount_fs("tmpfs", "tmpfs", &at_dir(&fd), MsFlags::MS_RDONLY, "size=0").and_then(|()| {
                 // The fd is below the new mount: reach the tmpfs itself for the binds.
                 let top = open_in_root(root, Path::new(p), OFlag::O_PATH | OFlag::O_DIRECTORY, 0)?;
                 empty_dir = Some(top);
@@ -288,7 +284,12 @@ fn mask_paths(root: &OwnedFd, l: &Launch) -> Result<()> {
             Ok(fd) => fd,
             Err(_) => continue,
         };
-        let path = fd_path(&fd);
+        let st = nix::sys::stat::fstat(fd.as_raw_fd())?;
+        let path = if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            at_dir(&fd).into_owned()
+        } else {
+            fd_path(&fd)
+        };
         mount(
             Some(&path),
             &path,
