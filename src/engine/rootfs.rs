@@ -233,15 +233,21 @@ fn mount_entry(root: &OwnedFd, m: &Mount, l: &Launch) -> Result<()> {
 }
 
 /// runc's masked paths: files under /dev/null, directories under an empty read-only tmpfs.
-fn mask_paths(root: &OwnedFd, l: &Launch) -> Result<()> {
+/// Only the paths `which` selects; `empty_dir` carries the shared empty mount between calls.
+fn mask_paths(
+    root: &OwnedFd,
+    l: &Launch,
+    empty_dir: &mut Option<OwnedFd>,
+    which: &dyn Fn(&str) -> bool,
+) -> Result<()> {
     let linux = l.spec.linux().as_ref();
     // The first masked directory gets an empty read-only tmpfs; the others are binds of
     // that mount (a bind is cheaper than a new superblock, and read-only all the same).
-    let mut empty_dir: Option<OwnedFd> = None;
     for p in linux
         .and_then(|x| x.masked_paths().as_ref())
         .into_iter()
         .flatten()
+        .filter(|p| which(p))
     {
         let fd = match open_in_root(root, Path::new(p), OFlag::O_PATH | OFlag::O_NOFOLLOW, 0) {
             Ok(fd) => fd,
@@ -249,7 +255,7 @@ fn mask_paths(root: &OwnedFd, l: &Launch) -> Result<()> {
         };
         let st = nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(&fd))?;
         let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
-        let r = if let (true, Some(empty)) = (is_dir, &empty_dir) {
+        let r = if let (true, Some(empty)) = (is_dir, &*empty_dir) {
             mount(
                 Some(&fd_path(empty)),
                 at_dir(&fd).as_ref(),
@@ -261,7 +267,7 @@ fn mask_paths(root: &OwnedFd, l: &Launch) -> Result<()> {
             mount_fs("tmpfs", "tmpfs", &at_dir(&fd), MsFlags::MS_RDONLY, "size=0").and_then(|()| {
                 // The fd is below the new mount: reach the tmpfs itself for the binds.
                 let top = open_in_root(root, Path::new(p), OFlag::O_PATH | OFlag::O_DIRECTORY, 0)?;
-                empty_dir = Some(top);
+                *empty_dir = Some(top);
                 Ok(())
             })
         } else {
@@ -279,6 +285,7 @@ fn mask_paths(root: &OwnedFd, l: &Launch) -> Result<()> {
         .and_then(|x| x.readonly_paths().as_ref())
         .into_iter()
         .flatten()
+        .filter(|p| which(p))
     {
         let fd = match open_in_root(root, Path::new(p), OFlag::O_PATH | OFlag::O_NOFOLLOW, 0) {
             Ok(fd) => fd,
@@ -330,9 +337,17 @@ pub fn setup(l: &Launch, netns: &mut Option<super::netns::PendingNetns>) -> Resu
     }
     let new_root = mounted.path;
     let root = open_dir(&new_root)?;
+    let under_sys = |p: &str| p == "/sys" || p.starts_with("/sys/");
+    let mut empty_dir = None;
+    let mut masked_early = false;
     for m in l.spec.mounts().as_deref().unwrap_or(&[]) {
         if m.typ().as_deref() == Some("sysfs") {
             if let Some(n) = netns.take() {
+                // The namespace may still be in the making: mask /proc meanwhile.
+                if !l.privileged {
+                    mask_paths(&root, l, &mut empty_dir, &|p| !under_sys(p))?;
+                    masked_early = true;
+                }
                 n.enter()?;
             }
         }
@@ -352,7 +367,7 @@ pub fn setup(l: &Launch, netns: &mut Option<super::netns::PendingNetns>) -> Resu
         mount_entry(&root, m, l)?;
     }
     if !l.privileged {
-        mask_paths(&root, l)?;
+        mask_paths(&root, l, &mut empty_dir, &|p| !masked_early || under_sys(p))?;
     }
     // Docker creates a missing working directory.
     if let Some(p) = l.spec.process().as_ref() {
