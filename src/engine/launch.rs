@@ -234,9 +234,9 @@ fn attach_network(n: &super::NetworkPlan, pid: Pid) -> Result<Box<dyn std::any::
 
 /// What the caller does at two points of a start.
 pub trait Hooks {
-    /// The container's process exists and waits: runs while its id maps are written (and,
-    /// with `--network none`, while it creates its network namespace), so that work
-    /// kept off the start-up path before clone goes here.
+    /// The container's process exists: runs while newuidmap and newgidmap write its id
+    /// maps, or else once it is released, beside its setup (before it can exec), so that
+    /// work kept off the start-up path before clone goes here.
     fn created(&mut self, pid: i32) -> Result<()>;
     /// The command runs (its exec succeeded).
     fn started(&mut self, pid: i32);
@@ -274,11 +274,15 @@ pub fn run(l: &Launch, hooks: &mut dyn Hooks) -> Result<i32> {
     drop(child_sock);
     let pid = Pid::from_raw(pid);
     let mut guard = ChildGuard(Some(pid));
-    let mut created = || hooks.created(pid.as_raw());
-    let maps = if userns {
-        write_maps(l, pid, &mut created)
+    // The caller's work goes where it costs nothing: while newuidmap and newgidmap run,
+    // or else after `go`, beside the child's setup.
+    let beside_helpers = userns && matches!(l.maps, MapWriter::Helpers { .. });
+    let maps = if beside_helpers {
+        write_maps(l, pid, &mut || hooks.created(pid.as_raw()))
+    } else if userns {
+        write_maps(l, pid, &mut || Ok(()))
     } else {
-        created()
+        Ok(())
     };
     if let Err(e) = maps {
         // The child may have failed first (it creates the network namespace meanwhile);
@@ -308,6 +312,9 @@ pub fn run(l: &Launch, hooks: &mut dyn Hooks) -> Result<i32> {
         None
     };
     sync::send_go(&parent_sock, winsize)?;
+    if !beside_helpers {
+        hooks.created(pid.as_raw())?;
+    }
 
     let mut master: Option<OwnedFd> = None;
     loop {
