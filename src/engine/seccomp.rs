@@ -211,31 +211,20 @@ fn emit_condition(p: &mut Program, c: &Condition, fail: usize) {
             p.and(mlo);
             p.jump(Cmp::Eq, lo & mlo, Target::Next, fail);
         }
-        // Unsigned 64-bit orderings: the high words decide unless they are equal.
-        Op::ScmpCmpGt | Op::ScmpCmpGe => {
-            let lo_cmp = if c.op == Op::ScmpCmpGt {
-                Cmp::Gt
-            } else {
-                Cmp::Ge
+        // Unsigned 64-bit orderings: the high words decide unless they are equal. LT is
+        // "not GE" and LE is "not GT": the same test with its outcomes swapped.
+        Op::ScmpCmpGt | Op::ScmpCmpGe | Op::ScmpCmpLt | Op::ScmpCmpLe => {
+            let (lo_cmp, yes, no) = match c.op {
+                Op::ScmpCmpGt => (Cmp::Gt, okt, fail),
+                Op::ScmpCmpGe => (Cmp::Ge, okt, fail),
+                Op::ScmpCmpLt => (Cmp::Ge, fail, okt),
+                _ => (Cmp::Gt, fail, okt),
             };
             p.load(ld_hi);
-            p.jump(Cmp::Gt, hi, okt, Target::Next);
-            p.jump(Cmp::Eq, hi, Target::Next, fail);
+            p.jump(Cmp::Gt, hi, yes, Target::Next);
+            p.jump(Cmp::Eq, hi, Target::Next, no);
             p.load(ld_lo);
-            p.jump(lo_cmp, lo, okt, fail);
-        }
-        // LT is "not GE", LE is "not GT".
-        Op::ScmpCmpLt | Op::ScmpCmpLe => {
-            let lo_cmp = if c.op == Op::ScmpCmpLe {
-                Cmp::Gt
-            } else {
-                Cmp::Ge
-            };
-            p.load(ld_hi);
-            p.jump(Cmp::Gt, hi, fail, Target::Next);
-            p.jump(Cmp::Eq, hi, Target::Next, okt);
-            p.load(ld_lo);
-            p.jump(lo_cmp, lo, fail, okt);
+            p.jump(lo_cmp, lo, yes, no);
         }
     }
     p.bind(ok);
