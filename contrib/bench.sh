@@ -311,12 +311,8 @@ if [[ $ONLY_PEERS != 1 ]]; then
     RC_ROW="rootless_container (full map)"
     ((HAVE_SUBIDS)) || RC_ROW="rootless_container (1 id)"
     # --network none: the floors (unshare --net, bwrap, crun/runc specs) have no network
-    # either. The network-ready row below adds slirp4netns.
+    # either. The network-ready row (last) adds slirp4netns.
     need_row "$RC_ROW" "$wrap_user" "$W_TEST" "$RC run --rm --network none --rootfs $ROOTFS /bin/true"
-    if [[ -n $(command -v slirp4netns) ]]; then
-        try_row "rootless_container + slirp4netns" "$wrap_user" "$W_TEST" \
-            "$RC run --rm --network slirp4netns --rootfs $ROOTFS /bin/true" || true
-    fi
     if ((is_root)); then
         RC_NOSUB_ROW="rootless_container $NOSUB_USER (1 id)"
         need_row "$RC_NOSUB_ROW" setpriv "$W_NOSUB" "$RC run --rm --network none --rootfs $ROOTFS /bin/true"
@@ -336,6 +332,14 @@ if ((ROOT_ROWS)); then
         try_row "[root] rootless_container" none "" \
             "$RC run --rm --network none --rootfs $ROOTFS /bin/true" || true
     fi
+fi
+
+# The network-ready row last: each run leaves a network namespace with a tap device to
+# be torn down by kernel workers after it has exited, work that would spill into the
+# runs of whatever row came next.
+if [[ -n $RC_ROW && -n $(command -v slirp4netns) ]]; then
+    try_row "rootless_container + slirp4netns" "$wrap_user" "$W_TEST" \
+        "$RC run --rm --network slirp4netns --rootfs $ROOTFS /bin/true" || true
 fi
 
 # --- hyperfine ---------------------------------------------------------------
