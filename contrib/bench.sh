@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Start-up benchmark (not a test): time `run /bin/true` on the busybox test
-# rootfs for rootless_container and its peers, in ONE hyperfine invocation,
+# rootfs for rootless_container and its peers, all in one run (hyperfine
+# passes over every row, see BENCH_ROUNDS),
 # then print medians, ratios against rootless_container, and peak RSS.
 #
 #   sudo contrib/bench.sh        # rootless rows as rctest/rcnosub, plus root rows
@@ -10,7 +11,7 @@
 #   RC_BIN=path            binary to bench (default target/<host tuple>/release/rootless_container)
 #   BENCH_ONLY_PEERS=1     skip the rootless_container rows (no binary needed)
 #   BENCH_ROOT_ROWS=0      as root, skip the rows that run as root
-#   BENCH_RUNS=200 BENCH_WARMUP=20
+#   BENCH_RUNS=200 BENCH_WARMUP=20 BENCH_ROUNDS=4 (the runs are split over rounds)
 #   BENCH_ROOTFS=dir       rootfs to use (default: the one test-setup.sh builds)
 #   BENCH_JSON=file        keep hyperfine's JSON there
 #   BENCH_ENFORCE=1        exit 1 when a target ratio is missed
@@ -344,14 +345,38 @@ fi
 
 # --- hyperfine ---------------------------------------------------------------
 json=${BENCH_JSON:-$work/hyperfine.json}
-# -i: one flaky run of a peer (runc failed once in 3000 here) must not sink the
-# whole comparison; failed runs are counted and reported below instead.
-args=(-N -i --warmup "$WARMUP" --runs "$RUNS" --export-json "$json")
-for i in "${!NAMES[@]}"; do
-    args+=(-n "${NAMES[$i]}" "$(full_cmd "$i")")
+# hyperfine runs each row's runs back to back, one row after another; this machine's
+# own speed drifts by 10-20% over a minute, which then lands on whole rows. So the runs
+# are split into BENCH_ROUNDS hyperfine passes over all rows, and each row's median is
+# taken over the times of all passes: drift is spread over every row alike.
+ROUNDS=${BENCH_ROUNDS:-4}
+per_round=$(((RUNS + ROUNDS - 1) / ROUNDS))
+note "rootfs $ROOTFS, ${#NAMES[@]} commands, $ROUNDS rounds of $per_round runs (+ $WARMUP warmup in the first)"
+for ((round = 1; round <= ROUNDS; round++)); do
+    # -i: one flaky run of a peer (runc failed once in 3000 here) must not sink the
+    # whole comparison; failed runs are counted and reported below instead.
+    args=(-N -i --runs "$per_round" --export-json "$work/round-$round.json")
+    ((round > 1)) || args+=(--warmup "$WARMUP")
+    for i in "${!NAMES[@]}"; do
+        args+=(-n "${NAMES[$i]}" "$(full_cmd "$i")")
+    done
+    "$HYPERFINE" "${args[@]}" >"$work/round-$round.txt"
 done
-note "rootfs $ROOTFS, ${#NAMES[@]} commands, $RUNS runs + $WARMUP warmup each"
-"$HYPERFINE" "${args[@]}"
+cat "$work/round-$ROUNDS.txt"
+# One JSON in hyperfine's shape: every row's times of all rounds, and their median.
+"$PY" - "$json" "$work"/round-*.json <<'EOF'
+import json, statistics, sys
+out, paths = sys.argv[1], sys.argv[2:]
+rows = {}
+for p in paths:
+    for r in json.load(open(p))["results"]:
+        row = rows.setdefault(r["command"], {"command": r["command"], "times": [], "exit_codes": []})
+        row["times"] += r["times"]
+        row["exit_codes"] += r.get("exit_codes", [])
+for row in rows.values():
+    row["median"] = statistics.median(row["times"])
+json.dump({"results": list(rows.values())}, open(out, "w"))
+EOF
 
 # Leftover container state would mean a run did not clean up after itself.
 for d in "$work"/state-*; do
