@@ -43,6 +43,10 @@ install_missing() { # PACKAGE...
     fi
 }
 install_missing "${PACKAGES[@]}"
+# The build itself: cc links the binary, statically against glibc's libc.a (libc6-dev,
+# which gcc only recommends).
+BUILD_PACKAGES=(gcc libc6-dev)
+install_missing "${BUILD_PACKAGES[@]}"
 
 # --- the VM tier's host tools (contrib/vm/) ---------------------------------
 VM_PACKAGES=(debootstrap debian-archive-keyring xz-utils e2fsprogs python3)
