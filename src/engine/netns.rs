@@ -16,10 +16,8 @@
 
 use super::sync;
 use anyhow::{bail, Context, Result};
-use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 use nix::unistd::Pid;
-use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// Bring the loopback interface of the current network namespace up.
 pub fn loopback_up() -> Result<()> {
@@ -90,15 +88,7 @@ impl PendingNetns {
                 let fd = theirs.as_raw_fd();
                 match make() {
                     Ok(ns) => {
-                        let fds = [ns.as_raw_fd()];
-                        let cmsg = [ControlMessage::ScmRights(&fds)];
-                        let _ = sendmsg::<()>(
-                            fd,
-                            &[IoSlice::new(b"N")],
-                            &cmsg,
-                            MsgFlags::empty(),
-                            None,
-                        );
+                        let _ = sync::send_fd(fd, b'N', ns.as_raw_fd());
                     }
                     Err(e) => sync::send_failure(fd, 125, &format!("{e:#}")),
                 }
@@ -126,37 +116,13 @@ impl PendingNetns {
     }
 
     fn receive(&self) -> Result<OwnedFd> {
-        let mut buf = [0u8; 4096];
-        let mut space = nix::cmsg_space!([RawFd; 1]);
-        let (n, fd) = {
-            let mut iov = [IoSliceMut::new(&mut buf)];
-            let msg = loop {
-                match recvmsg::<()>(
-                    self.sock.as_raw_fd(),
-                    &mut iov,
-                    Some(&mut space),
-                    MsgFlags::MSG_CMSG_CLOEXEC,
-                ) {
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    r => break r.context("wait for the network namespace helper")?,
-                }
-            };
-            let mut fd = None;
-            for c in msg.cmsgs().context("control message")? {
-                if let ControlMessageOwned::ScmRights(r) = c {
-                    fd = r.first().copied();
-                }
-            }
-            (msg.bytes, fd)
-        };
-        match fd {
-            // SAFETY: the fd arrived via SCM_RIGHTS and is ours now.
-            Some(fd) if n == 1 && buf[0] == b'N' => Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
-            _ if n > 1 && buf[0] == b'F' => {
-                let text = String::from_utf8_lossy(&buf[1..n]).to_string();
-                let message = text.split_once(' ').map(|(_, m)| m).unwrap_or(&text);
-                bail!("{message}")
-            }
+        let (msg, passed) = sync::recv_message(self.sock.as_raw_fd())
+            .context("wait for the network namespace helper")?;
+        if let Some((_, message)) = sync::parse_failure(&msg) {
+            bail!("{message}");
+        }
+        match passed {
+            Some(ns) if msg == b"N" => Ok(ns),
             _ => bail!("the network namespace helper ended without a namespace"),
         }
     }

@@ -89,6 +89,8 @@ fn mount_dev(root: &OwnedFd, l: &Launch) -> Result<()> {
         .with_context(|| format!("create /dev/{name}"))?;
         at(name, OFlag::O_PATH | OFlag::O_DIRECTORY, 0)
     };
+    // Device nodes by name in the fresh tmpfs (no symlink can be there), from inside it.
+    nix::unistd::fchdir(devfd.as_raw_fd()).context("enter /dev")?;
     for name in DEVICES {
         let host = Path::new("/dev").join(name);
         // A host without the node (a minimal /dev) just does not pass it on.
@@ -100,8 +102,6 @@ fn mount_dev(root: &OwnedFd, l: &Launch) -> Result<()> {
             OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY,
             0o644,
         )?);
-        // By name in the fresh tmpfs (no symlink can be there), from inside it.
-        nix::unistd::fchdir(devfd.as_raw_fd()).context("enter /dev")?;
         bind(&host, Path::new(name), false, MsFlags::empty())?;
     }
     for (link, to) in [

@@ -86,57 +86,68 @@ pub fn send_failure(fd: RawFd, code: i32, message: &str) {
 }
 
 pub fn send_pty(fd: RawFd, master: RawFd) -> Result<()> {
-    let fds = [master];
+    send_fd(fd, b'P', master).context("send terminal to runtime")
+}
+
+/// A one-byte message `tag` carrying the file descriptor `passed`.
+pub fn send_fd(fd: RawFd, tag: u8, passed: RawFd) -> Result<()> {
+    let fds = [passed];
     let cmsg = [ControlMessage::ScmRights(&fds)];
-    sendmsg::<()>(fd, &[IoSlice::new(b"P")], &cmsg, MsgFlags::empty(), None)
-        .context("send terminal to runtime")?;
+    sendmsg::<()>(fd, &[IoSlice::new(&[tag])], &cmsg, MsgFlags::empty(), None)?;
     Ok(())
 }
 
-/// Parent side: read the next report from the child.
-pub fn recv_report(fd: &OwnedFd) -> Result<Report> {
+/// The next message (empty at end of file) and the descriptor it carried, if any.
+pub fn recv_message(fd: RawFd) -> Result<(Vec<u8>, Option<OwnedFd>)> {
     let mut buf = vec![0u8; 4096];
     let mut cmsg_space = nix::cmsg_space!([RawFd; 1]);
-    let (bytes, fds) = loop {
+    let (bytes, raw) = loop {
         let mut iov = [IoSliceMut::new(&mut buf)];
         match recvmsg::<()>(
-            fd.as_raw_fd(),
+            fd,
             &mut iov,
             Some(&mut cmsg_space),
             MsgFlags::MSG_CMSG_CLOEXEC,
         ) {
             Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e).context("read from the container's setup"),
+            Err(e) => return Err(e.into()),
             Ok(msg) => {
-                let mut fds = Vec::new();
+                let mut raw = None;
                 for c in msg.cmsgs().context("control message")? {
                     if let ControlMessageOwned::ScmRights(r) = c {
-                        fds.extend(r);
+                        raw = raw.or(r.first().copied());
                     }
                 }
-                break (msg.bytes, fds);
+                break (msg.bytes, raw);
             }
         }
     };
-    if bytes == 0 {
+    buf.truncate(bytes);
+    // SAFETY: the fd arrived via SCM_RIGHTS and is ours now.
+    Ok((buf, raw.map(|r| unsafe { OwnedFd::from_raw_fd(r) })))
+}
+
+/// A `send_failure` message: its exit code and text.
+pub fn parse_failure(msg: &[u8]) -> Option<(i32, String)> {
+    let rest = msg.strip_prefix(b"F")?;
+    let text = String::from_utf8_lossy(rest).to_string();
+    let (code, message) = text.split_once(' ').unwrap_or(("125", &text));
+    Some((code.parse().unwrap_or(125), message.to_string()))
+}
+
+/// Parent side: read the next report from the child.
+pub fn recv_report(fd: &OwnedFd) -> Result<Report> {
+    let (msg, passed) = recv_message(fd.as_raw_fd()).context("read from the container's setup")?;
+    if msg.is_empty() {
         return Ok(Report::Executed);
     }
-    match buf[0] {
-        b'P' => {
-            let raw = *fds
-                .first()
-                .context("terminal message without a file descriptor")?;
-            // SAFETY: the fd arrived via SCM_RIGHTS and is ours now.
-            Ok(Report::Pty(unsafe { OwnedFd::from_raw_fd(raw) }))
-        }
-        b'F' => {
-            let text = String::from_utf8_lossy(&buf[1..bytes]).to_string();
-            let (code, message) = text.split_once(' ').unwrap_or(("125", &text));
-            Ok(Report::Failed {
-                code: code.parse().unwrap_or(125),
-                message: message.to_string(),
-            })
-        }
+    if let Some((code, message)) = parse_failure(&msg) {
+        return Ok(Report::Failed { code, message });
+    }
+    match msg[0] {
+        b'P' => Ok(Report::Pty(
+            passed.context("terminal message without a file descriptor")?,
+        )),
         other => bail!("unexpected message {other:#x} from the container's setup"),
     }
 }
@@ -155,10 +166,5 @@ pub fn reported_failure(fd: &OwnedFd) -> Option<(i32, String)> {
             libc::MSG_DONTWAIT,
         )
     };
-    if n <= 1 || buf[0] != b'F' {
-        return None;
-    }
-    let text = String::from_utf8_lossy(&buf[1..n as usize]).to_string();
-    let (code, message) = text.split_once(' ').unwrap_or(("125", &text));
-    Some((code.parse().unwrap_or(125), message.to_string()))
+    parse_failure(&buf[..n.max(0) as usize])
 }
