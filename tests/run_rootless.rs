@@ -1640,3 +1640,122 @@ fn unshare_reaches_subordinate_files() {
     assert_eq!(o.stdout.trim(), "0");
     assert!(!dir.exists(), "unshare could not remove {}", dir.display());
 }
+
+// ---------------------------------------------------------------------------------------
+// The single-id start: with nothing for the runtime to do between clone and execve (a
+// single-id map, no cgroup, no network helper, no --init) the first process runs in the
+// runtime's memory until it executes (CLONE_VM | CLONE_VFORK) and writes its own maps.
+// Everything else above runs the fork path as the user with subordinate ids; these run
+// the same behaviours as the user without them.
+
+fn nosub_and_rootfs() -> Option<(User, std::path::PathBuf)> {
+    let r = rootfs()?;
+    let u = nosub_user()?;
+    Some((u, r))
+}
+
+#[test]
+fn single_id_start_exit_codes_and_reports() {
+    let Some((u, r)) = nosub_and_rootfs() else {
+        return;
+    };
+    for net in ["none", "host"] {
+        let o = run_code(
+            &mut brun(&u, &r, &["--network", net, "sh", "-c", "id -u; exit 7"]),
+            7,
+        );
+        assert_eq!(o.stdout, "0\n", "--network {net}");
+        let o = run_code(&mut brun(&u, &r, &["--network", net, "nosuchcmd"]), 127);
+        assert!(o.stderr.contains("nosuchcmd"), "{}", o.stderr);
+        run_code(&mut brun(&u, &r, &["--network", net, "/bin"]), 126);
+        // A failure of the setup itself, reported by the first process before execve.
+        let o = run_code(
+            &mut brun(
+                &u,
+                &r,
+                &["--network", net, "-v", "/etc/passwd:/bin", "true"],
+            ),
+            125,
+        );
+        assert_eq!(
+            o.stderr.lines().filter(|l| !l.contains("warning")).count(),
+            1,
+            "{}",
+            o.stderr
+        );
+    }
+    // Its own maps, written by itself; its own network namespace with lo up.
+    let o = output(&mut brun(
+        &u,
+        &r,
+        &["--network", "none", "sh", "-c", MAPS_SCRIPT],
+    ));
+    assert_single_map(&o, &u, "subuid");
+    let host = run_ok(as_user(&u, "readlink").arg("/proc/self/ns/net"));
+    let out = run_ok(&mut brun(
+        &u,
+        &r,
+        &[
+            "--network",
+            "none",
+            "sh",
+            "-c",
+            "readlink /proc/self/ns/net; ls /sys/class/net; ping -c1 -W2 127.0.0.1 >/dev/null && echo ping=ok",
+        ],
+    ));
+    let (ns, rest) = out.split_once('\n').unwrap();
+    assert_ne!(ns, host.trim(), "the host's network namespace");
+    assert_eq!(rest, "lo\nping=ok\n");
+}
+
+#[test]
+fn single_id_start_forwards_signals() {
+    let Some((u, r)) = nosub_and_rootfs() else {
+        return;
+    };
+    let script = "trap 'echo got-TERM' TERM; trap 'echo got-USR2; exit 9' USR2; \
+                  echo ready; while :; do sleep 0.05; done";
+    let mut run = Running::spawn(&mut brun(
+        &u,
+        &r,
+        &["--network", "none", "sh", "-c", script],
+    ));
+    run.expect_line("ready", Duration::from_secs(20));
+    run.signal(libc::SIGTERM);
+    run.expect_line("got-TERM", Duration::from_secs(5));
+    run.signal(libc::SIGUSR2);
+    run.expect_line("got-USR2", Duration::from_secs(5));
+    let st = run.wait(Duration::from_secs(10));
+    assert_eq!(st.code(), Some(9), "exit status {st}: {}", run.stderr_now());
+}
+
+#[test]
+fn single_id_start_no_leak_after_sigkill() {
+    let Some((u, r)) = nosub_and_rootfs() else {
+        return;
+    };
+    no_leak_after_sigkill(&u, &r, &["--rm", "--network", "none"], "102");
+}
+
+#[test]
+fn single_id_start_with_a_terminal() {
+    let Some((u, r)) = nosub_and_rootfs() else {
+        return;
+    };
+    let Some(script) = which("script") else {
+        return skip("util-linux script is not installed (package bsdutils)");
+    };
+    let inner = format!(
+        "stty rows 33 cols 77; {} run -t --rm --network none --rootfs {} sh -c 'tty; stty size'",
+        shell_quote(user_bin().to_str().unwrap()),
+        shell_quote(r.to_str().unwrap())
+    );
+    let o = output(as_user(&u, script).args(["-qec", &inner, "/dev/null"]));
+    assert_eq!(o.code(), 0, "stdout: {}\nstderr: {}", o.stdout, o.stderr);
+    assert!(o.stdout.contains("/dev/pts/"), "tty inside: {:?}", o.stdout);
+    assert!(
+        o.stdout.contains("33 77"),
+        "window size inside: {:?}",
+        o.stdout
+    );
+}

@@ -1,7 +1,8 @@
 //! The container's first process, from clone(2) to execve(2).
 
 use super::bpf::SockFilter;
-use super::{rootfs, security, sync, tty, Launch};
+use super::launch::Start;
+use super::{rootfs, security, sync, tty, userns, Launch};
 use crate::exit::{ExitError, EXIT_CANNOT_INVOKE, EXIT_NOT_FOUND, EXIT_RUNTIME};
 use anyhow::{Context, Result};
 use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal};
@@ -14,8 +15,8 @@ use std::path::{Path, PathBuf};
 /// Entry point after clone; never returns.
 /// `seccomp` is the filter compiled by the runtime before clone (pages the child only
 /// reads are not copied for it).
-pub fn main(l: &Launch, sock: RawFd, sigs: SigSet, seccomp: &[SockFilter]) -> ! {
-    let err = match setup_and_exec(l, sock, sigs, seccomp) {
+pub fn main(l: &Launch, sock: RawFd, sigs: SigSet, seccomp: &[SockFilter], start: &Start) -> ! {
+    let err = match setup_and_exec(l, sock, sigs, seccomp, start) {
         Ok(never) => match never {},
         Err(e) => e,
     };
@@ -30,8 +31,15 @@ pub fn main(l: &Launch, sock: RawFd, sigs: SigSet, seccomp: &[SockFilter]) -> ! 
 
 enum Never {}
 
-fn setup_and_exec(l: &Launch, sock: RawFd, sigs: SigSet, seccomp: &[SockFilter]) -> Result<Never> {
-    // Die with the runtime; a runtime that died before this line is caught by wait_go (EOF).
+fn setup_and_exec(
+    l: &Launch,
+    sock: RawFd,
+    sigs: SigSet,
+    seccomp: &[SockFilter],
+    start: &Start,
+) -> Result<Never> {
+    // Die with the runtime; a runtime that died before this line is caught by wait_go (EOF)
+    // or, borrowing its memory, by check_runtime_alive before execve.
     // SAFETY: prctl with constant arguments.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
@@ -47,7 +55,13 @@ fn setup_and_exec(l: &Launch, sock: RawFd, sigs: SigSet, seccomp: &[SockFilter])
             netns = Some(super::netns::PendingNetns::start()?);
         }
     }
-    let winsize = sync::wait_go(sock)?;
+    let winsize = match start {
+        Start::Go => sync::wait_go(sock)?,
+        Start::Borrowed { winsize } => {
+            write_own_maps(l)?;
+            winsize.map(|ws| (ws.ws_row, ws.ws_col))
+        }
+    };
     // Not dumpable: container processes cannot open our /proc/<pid>/exe, mem or fds. Only
     // now: the runtime writes our id maps and setgroups file before `go`, which a
     // non-dumpable process's root-owned /proc entries would refuse.
@@ -135,6 +149,15 @@ fn setup_and_exec(l: &Launch, sock: RawFd, sigs: SigSet, seccomp: &[SockFilter])
     }
     reset_signals(&sigs);
     exec(&program, &args, &env)
+}
+
+/// Our own single-id maps (the runtime is suspended, Start::Borrowed): setgroups denied,
+/// then our uid and gid.
+fn write_own_maps(l: &Launch) -> Result<()> {
+    let (uids, gids) = super::launch::spec_maps(l)?;
+    userns::deny_setgroups(None)?;
+    userns::write_map_direct(None, "uid_map", &uids)?;
+    userns::write_map_direct(None, "gid_map", &gids)
 }
 
 fn reset_signals(sigs: &SigSet) {

@@ -164,10 +164,19 @@ pub fn finish_map_helper(helper: &str, child: Child) -> Result<()> {
     Ok(())
 }
 
+/// Where a process's map files are: `/proc/<pid>`, or `/proc/self` for our own.
+pub fn proc_dir(pid: Option<Pid>) -> String {
+    match pid {
+        Some(p) => format!("/proc/{}", p.as_raw()),
+        None => "/proc/self".to_string(),
+    }
+}
+
 /// Write a map directly: allowed for a single line mapping our own id (setgroups denied first
-/// for gid maps), and for root.
-pub fn write_map_direct(pid: Pid, file: &str, maps: &[IdMap]) -> Result<()> {
-    let path = format!("/proc/{}/{file}", pid.as_raw());
+/// for gid maps), and for root. `pid` None: our own (a process that has just created its
+/// user namespace may map its own id in it, as `unshare -r` does).
+pub fn write_map_direct(pid: Option<Pid>, file: &str, maps: &[IdMap]) -> Result<()> {
+    let path = format!("{}/{file}", proc_dir(pid));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .open(&path)
@@ -177,8 +186,8 @@ pub fn write_map_direct(pid: Pid, file: &str, maps: &[IdMap]) -> Result<()> {
     Ok(())
 }
 
-pub fn deny_setgroups(pid: Pid) -> Result<()> {
-    let path = format!("/proc/{}/setgroups", pid.as_raw());
+pub fn deny_setgroups(pid: Option<Pid>) -> Result<()> {
+    let path = format!("{}/setgroups", proc_dir(pid));
     std::fs::write(&path, "deny").with_context(|| format!("write {path}"))
 }
 
