@@ -141,10 +141,57 @@ fn root_mode_host_rootfs() {
 #[test]
 fn root_mode_no_leak_after_sigkill() {
     let Some(r) = setup() else { return };
+    root_no_leak_after_sigkill(&r, &[]);
+}
+
+/// With --network none nothing acts between clone and execve: the first process borrows
+/// the runtime's memory until it executes (as rootless single-id starts do).
+#[test]
+fn root_mode_network_none_start() {
+    let Some(r) = setup() else { return };
+    root_no_leak_after_sigkill(&r, &["--network", "none"]);
+    let s = run_ok(&mut brun(
+        &r,
+        &[
+            "--network",
+            "none",
+            "sh",
+            "-c",
+            "cat /proc/self/status /proc/self/uid_map; ls /sys/class/net; echo pid=$$",
+        ],
+    ));
+    assert_eq!(
+        status_field(&s, "CapEff").as_deref(),
+        Some(DEFAULT_CAPS_HEX)
+    );
+    assert_eq!(status_field(&s, "NoNewPrivs").as_deref(), Some("1"));
+    assert!(s.contains("4294967295"), "no user namespace: {s}");
+    assert!(
+        s.contains("\nlo\npid=1\n"),
+        "own network namespace, PID 1: {s}"
+    );
+    let o = run_code(
+        &mut brun(&r, &["--network", "none", "sh", "-c", "exit 5"]),
+        5,
+    );
+    assert_eq!(o.stderr, "");
+    run_code(&mut brun(&r, &["--network", "none", "nosuchcmd"]), 127);
+    let script = "trap 'echo got-TERM; exit 4' TERM; echo ready; while :; do sleep 0.05; done";
+    let mut run = Running::spawn(&mut brun(&r, &["--network", "none", "sh", "-c", script]));
+    run.expect_line("ready", Duration::from_secs(20));
+    run.signal(libc::SIGTERM);
+    run.expect_line("got-TERM", Duration::from_secs(5));
+    let st = run.wait(Duration::from_secs(10));
+    assert_eq!(st.code(), Some(4), "exit status {st}: {}", run.stderr_now());
+}
+
+fn root_no_leak_after_sigkill(r: &Path, extra: &[&str]) {
     let u = root_user();
     let name = unique("leak");
     let script = format!("echo up; sleep 102; : {name}");
-    let mut run = Running::spawn(&mut brun(&r, &["--name", &name, "sh", "-c", &script]));
+    let mut args = extra.to_vec();
+    args.extend(["--name", &name, "sh", "-c", &script]);
+    let mut run = Running::spawn(&mut brun(r, &args));
     run.expect_line("up", Duration::from_secs(20));
     let (run_dir, id) = u.find_named(&name).unwrap_or_else(|| {
         panic!(
@@ -176,7 +223,7 @@ fn root_mode_no_leak_after_sigkill() {
         .collect();
     assert!(mounts.is_empty(), "mounts left on the host: {mounts:?}");
 
-    run_ok(&mut brun(&r, &["--name", &name, "true"]));
+    run_ok(&mut brun(r, &["--name", &name, "true"]));
     assert!(
         !run_dir.join(&id).exists(),
         "stale record {} was not collected",

@@ -247,17 +247,31 @@ impl Scope {
         }
         let leaf = self.leaf();
         std::fs::create_dir_all(&leaf).with_context(|| format!("create {}", leaf.display()))?;
-        std::fs::write(leaf.join("cgroup.procs"), pid.to_string())
-            .with_context(|| format!("move the container into {}", leaf.display()))?;
+        let move_container = || {
+            std::fs::write(leaf.join("cgroup.procs"), pid.to_string())
+                .with_context(|| format!("move the container into {}", leaf.display()))
+        };
+        move_container()?;
         // The runtime stays in the scope, in a leaf of its own, until it has read the
         // container's memory.events: systemd removes an empty scope with everything below
         // it at once, and the OOM kill of PID 1 empties it.
         let runtime = self.runtime_leaf();
         std::fs::create_dir(&runtime).with_context(|| format!("create {}", runtime.display()))?;
-        std::fs::write(runtime.join("cgroup.procs"), std::process::id().to_string())
-            .with_context(|| format!("move the runtime into {}", runtime.display()))?;
+        let move_runtime = || {
+            std::fs::write(runtime.join("cgroup.procs"), std::process::id().to_string())
+                .with_context(|| format!("move the runtime into {}", runtime.display()))
+        };
+        move_runtime()?;
         // Every delegated controller, not only the limited ones: the container may nest.
-        v2::enable_controllers(&self.dir, &have)?;
+        // The VM tier saw the scope busy now and then (about one start in ten of its
+        // suite), though both processes had just left it: both are moved again and the
+        // write retried for up to 0.1 s before the error, which names who is there.
+        let mut tries = 0;
+        v2::enable_controllers_or_else(&self.dir, &have, &mut || {
+            tries += 1;
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            tries <= 50 && move_container().is_ok() && move_runtime().is_ok()
+        })?;
         v2::enable_controllers(&self.limits(), &have)?;
         v2::apply(&self.limits(), limits)
     }

@@ -25,21 +25,54 @@ pub fn controllers(dir: &Path) -> Vec<String> {
 /// Enable `list` for the children of `dir`. cgroup v2 allows it only where no process
 /// lives ("no internal processes").
 pub fn enable_controllers(dir: &Path, list: &[impl AsRef<str>]) -> Result<()> {
+    enable_controllers_or_else(dir, list, &mut || false)
+}
+
+/// enable_controllers; while the kernel answers EBUSY (a process still lives in `dir`),
+/// `again` may move it out and ask for another try (true) or give up (false).
+pub fn enable_controllers_or_else(
+    dir: &Path,
+    list: &[impl AsRef<str>],
+    again: &mut dyn FnMut() -> bool,
+) -> Result<()> {
     let enable: Vec<String> = list.iter().map(|c| format!("+{}", c.as_ref())).collect();
     if enable.is_empty() {
         return Ok(());
     }
-    fs::write(dir.join("cgroup.subtree_control"), enable.join(" ")).map_err(|e| {
+    let write = || fs::write(dir.join("cgroup.subtree_control"), enable.join(" "));
+    let mut result = write();
+    while matches!(&result, Err(e) if e.raw_os_error() == Some(libc::EBUSY)) && again() {
+        result = write();
+    }
+    result.map_err(|e| {
         ExitError::new(
             125,
             format!(
-                "cannot enable {} in {}: {e} (cgroup v2 allows it only where no process lives; use --cgroup-parent)",
+                "cannot enable {} in {}: {e} (cgroup v2 allows it only where no process lives{}; use --cgroup-parent)",
                 enable.join(" "),
-                dir.display()
+                dir.display(),
+                processes_in(dir)
             ),
         )
         .into()
     })
+}
+
+/// ", and here lives PID (COMM) ...", or nothing when none is found.
+fn processes_in(dir: &Path) -> String {
+    let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    let who: Vec<String> = procs
+        .split_whitespace()
+        .map(|pid| {
+            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            format!("{pid} ({})", comm.trim())
+        })
+        .collect();
+    if who.is_empty() {
+        String::new()
+    } else {
+        format!(", and here lives {}", who.join(", "))
+    }
 }
 
 /// Write the limits as cgroup v2 files of `dir`.

@@ -46,22 +46,30 @@ fn setup_and_exec(
     }
     // Our own network namespace, made after clone (see netns.rs): here, while the setuid
     // helpers write the maps, or else by a helper process while we set up, joined
-    // before sysfs is mounted.
+    // before sysfs is mounted. A helper started before `go` while a cgroup waits for us
+    // might be born in the container's scope after systemd moved us there and before the
+    // runtime moved us on to our leaf: cgroup v2 then refuses to enable controllers in a
+    // scope with a process in it. With a cgroup the helper starts after `go`.
     let mut netns = None;
-    if l.netns_in_child() {
-        if matches!(l.maps, super::MapWriter::Helpers { .. }) {
-            super::netns::create()?;
-        } else {
-            netns = Some(super::netns::PendingNetns::start()?);
-        }
+    let helper = l.netns_in_child() && !matches!(l.maps, super::MapWriter::Helpers { .. });
+    if l.netns_in_child() && !helper {
+        super::netns::create()?;
+    }
+    if helper && l.cgroup.is_none() {
+        netns = Some(super::netns::PendingNetns::start()?);
     }
     let winsize = match start {
         Start::Go => sync::wait_go(sock)?,
-        Start::Borrowed { winsize } => {
-            write_own_maps(l)?;
+        Start::Borrowed { winsize, own_maps } => {
+            if *own_maps {
+                write_own_maps(l)?;
+            }
             winsize.map(|ws| (ws.ws_row, ws.ws_col))
         }
     };
+    if helper && l.cgroup.is_some() {
+        netns = Some(super::netns::PendingNetns::start()?);
+    }
     // Not dumpable: container processes cannot open our /proc/<pid>/exe, mem or fds. Only
     // now: the runtime writes our id maps and setgroups file before `go`, which a
     // non-dumpable process's root-owned /proc entries would refuse.
