@@ -16,19 +16,21 @@
 #   BENCH_JSON=file        keep hyperfine's JSON there
 #   BENCH_ENFORCE=1        exit 1 when a target ratio is missed
 #
-# Rows run as another user go through `setpriv --reuid --regid --init-groups
-# --reset-env` (one exec, no PAM, unlike runuser). The crun rows may also go
-# through nsenter (see below). Each wrapper's cost is measured in the same
-# hyperfine run (wrapper + /bin/true minus bare /bin/true) and subtracted:
-# the "net" column and all ratios use net medians.
+# No row pays a per-run wrapper. As root, the rows are grouped by the user they
+# run as (rctest: floors, peers and the full-map row; rcnosub: the single-id row
+# and a floor beside it; root: the root rows), and each group runs in one
+# hyperfine process per round that is itself started as that user (`setpriv
+# --reuid --regid --init-groups --reset-env`, once). Starting every run through
+# setpriv from root instead, and subtracting setpriv's own cost, was measured to
+# be unequal: the credential change per run made rootless_container's runs
+# 0.1-0.35 ms slower beyond setpriv's cost and the unshare floor's not at all.
 #
 # crun 1.8.1 refuses to start anything on a hybrid cgroup host ("cgroups in
 # hybrid mode not supported, drop all controllers from cgroupv2"; here
 # hugetlb sits on the v2 hierarchy). As root we pin a private mount namespace
 # once (unshare --mount=FILE) in which /sys/fs/cgroup/unified is unmounted,
-# and run only the crun rows through `nsenter --mount=FILE`, which is a
-# setns + exec: far cheaper and steadier than a per-run `unshare -m sh -c
-# 'umount ...'`, and measured and subtracted like the other wrappers.
+# and start every group's hyperfine in it (`nsenter --mount=FILE`): all rows
+# alike run there.
 #
 # crun/runc `run` (not --detach) deletes the container when it exits, so
 # each row reuses one container id; the state dirs are checked empty and
@@ -148,48 +150,23 @@ probe() { # NAME CMD
 }
 
 # --- rows --------------------------------------------------------------------
-# Each row: name, wrapper key (for overhead subtraction), wrapper prefix
-# (setpriv/nsenter, may be empty) and the command proper.
-declare -a NAMES=() WRAPS=() PREFIXES=() CMDS=()
-add_row() { NAMES+=("$1"); WRAPS+=("$2"); PREFIXES+=("$3"); CMDS+=("$4"); }
-full_cmd() { printf '%s' "${PREFIXES[$1]:+${PREFIXES[$1]} }${CMDS[$1]}"; }
-# Optional row: kept only if it runs once.
-try_row() { probe "$1" "${3:+$3 }$4" || return 1; add_row "$@"; }
+# Each row: name, group and command. A group's rows run in one hyperfine process
+# per round, started by the group's prefix: nsenter into the crun namespace (if
+# pinned) and setpriv to the group's user (none for root, or when not root).
+declare -a NAMES=() ROW_GROUPS=() CMDS=()
+add_row() { NAMES+=("$1"); ROW_GROUPS+=("$2"); CMDS+=("$3"); }
+group_prefix() { # GROUP
+    local user=""
+    case $1 in
+        test | net) user=$W_TEST ;;
+        nosub) user=$W_NOSUB ;;
+    esac
+    printf '%s' "${W_NS:+$W_NS }$user"
+}
+# Optional row: kept only if it runs once (as its group would run it).
+try_row() { probe "$1" "$(group_prefix "$2") $3" || return 1; add_row "$@"; }
 # Required row: the bench is meaningless without it.
-need_row() { probe "$1" "${3:+$3 }$4" || die "required row '$1' failed"; add_row "$@"; }
-
-# Wrapper baselines (net = median - (wrapper+true - true)).
-add_row "baseline: /bin/true" none "" "$TRUE_BIN"
-wrap_user=none
-if ((is_root)); then
-    wrap_user=setpriv
-    need_row "baseline: setpriv /bin/true" none "$W_TEST" "$TRUE_BIN"
-fi
-
-# Kernel floors.
-UNS_FLAGS="--pid --fork --mount --uts --ipc --net"
-need_row "unshare -r (floor, 1 id)" "$wrap_user" \
-    "$W_TEST" "$UNSHARE --user --map-root-user $UNS_FLAGS $TRUE_BIN"
-# util-linux 2.38 has --map-users=auto (first /etc/subuid range of the
-# caller, via newuidmap/newgidmap); older ones only OUTER,INNER,COUNT.
-if ((HAVE_SUBIDS)); then
-    if "$UNSHARE" --help 2>&1 | grep -q -- '--map-auto'; then
-        MAP_FULL="--map-users=auto --map-groups=auto"
-    else
-        MAP_FULL="--map-users=$SUBUID_START,0,$SUBUID_COUNT --map-groups=$SUBGID_START,0,$SUBGID_COUNT"
-    fi
-    try_row "unshare subuid (floor, full map)" "$wrap_user" \
-        "$W_TEST" "$UNSHARE --user $MAP_FULL $UNS_FLAGS $TRUE_BIN" || true
-else
-    warn "no /etc/subuid+/etc/subgid range for $RL_USER: full-map rows skipped"
-fi
-
-if [[ -n $BWRAP ]]; then
-    try_row "bwrap --unshare-all" "$wrap_user" \
-        "$W_TEST" "$BWRAP --unshare-all --bind $ROOTFS / --proc /proc --dev /dev /bin/true" || true
-else
-    warn "bwrap not installed"
-fi
+need_row() { probe "$1" "$(group_prefix "$2") $3" || die "required row '$1' failed"; add_row "$@"; }
 
 # OCI bundles: config.json from the runtime's own `spec`, then patched.
 make_bundle() { # DIR RUNTIME [--rootless] MAPPING(none|single|full)
@@ -235,65 +212,73 @@ make_crun_ns() {
     touch "$nsfile"
     "$UNSHARE" --mount="$nsfile" --propagation private umount /sys/fs/cgroup/unified
     W_NS="$NSENTER --mount=$nsfile"
-    need_row "baseline: nsenter /bin/true" none "$W_NS" "$TRUE_BIN"
-    need_row "baseline: nsenter+setpriv /bin/true" none "$W_NS $W_TEST" "$TRUE_BIN"
 }
 # Does crun work as is? If not, and this is the hybrid-cgroup refusal we
 # can route around as root, set up the namespace.
 if [[ -n $CRUN ]] && ((is_root)) && mountpoint -q /sys/fs/cgroup/unified; then
     make_bundle "$work/bundle-crunprobe" "$CRUN" "" none
     if ! "$CRUN" --root "$work/state-crunprobe" run -b "$work/bundle-crunprobe" crunprobe >/dev/null 2>&1; then
-        note "crun cannot start containers on this hybrid cgroup host: crun rows run via nsenter into a mount namespace without /sys/fs/cgroup/unified"
+        note "crun cannot start containers on this hybrid cgroup host: all rows run in a mount namespace without /sys/fs/cgroup/unified (nsenter)"
         make_crun_ns
     fi
     rm -rf "$work/bundle-crunprobe" "$work/state-crunprobe"
 fi
 
-crun_row() { # NAME USERWRAP WRAPKEY STATE_OWNER ID BUNDLE_ARGS...
-    local name=$1 uw=$2 key=$3 owner=$4 id=$5
-    shift 5
-    local bundle=$work/bundle-$id st
-    make_bundle "$bundle" "$CRUN" "$@"
-    st=$(state_dir "$id" "$owner")
-    cleanup_cmds+=("$CRUN --root $st delete -f $id")
-    if [[ -n $W_NS ]]; then
-        uw="$W_NS${uw:+ $uw}"
-        name="$name [nsenter]"
-        if [[ $key == setpriv ]]; then key=nsenter+setpriv; else key=nsenter; fi
-    fi
-    try_row "$name" "$key" "$uw" "$CRUN --root $st run -b $bundle $id" || true
-}
+# Groups: as root the rootless rows run as their users, else as the caller.
+if ((is_root)); then TG=test; else TG=self; fi
+add_row "baseline: /bin/true" "$TG" "$TRUE_BIN"
 
-runc_row() { # NAME USERWRAP WRAPKEY STATE_OWNER ID BUNDLE_ARGS...
-    local name=$1 uw=$2 key=$3 owner=$4 id=$5
+# Kernel floors.
+UNS_FLAGS="--pid --fork --mount --uts --ipc --net"
+need_row "unshare -r (floor, 1 id)" "$TG" "$UNSHARE --user --map-root-user $UNS_FLAGS $TRUE_BIN"
+# util-linux 2.38 has --map-users=auto (first /etc/subuid range of the
+# caller, via newuidmap/newgidmap); older ones only OUTER,INNER,COUNT.
+if ((HAVE_SUBIDS)); then
+    if "$UNSHARE" --help 2>&1 | grep -q -- '--map-auto'; then
+        MAP_FULL="--map-users=auto --map-groups=auto"
+    else
+        MAP_FULL="--map-users=$SUBUID_START,0,$SUBUID_COUNT --map-groups=$SUBGID_START,0,$SUBGID_COUNT"
+    fi
+    try_row "unshare subuid (floor, full map)" "$TG" "$UNSHARE --user $MAP_FULL $UNS_FLAGS $TRUE_BIN" || true
+else
+    warn "no /etc/subuid+/etc/subgid range for $RL_USER: full-map rows skipped"
+fi
+
+if [[ -n $BWRAP ]]; then
+    try_row "bwrap --unshare-all" "$TG" "$BWRAP --unshare-all --bind $ROOTFS / --proc /proc --dev /dev /bin/true" || true
+else
+    warn "bwrap not installed"
+fi
+
+oci_row() { # RUNTIME NAME GROUP STATE_OWNER ID BUNDLE_ARGS...
+    local rt=$1 name=$2 group=$3 owner=$4 id=$5
     shift 5
     local bundle=$work/bundle-$id st
-    make_bundle "$bundle" "$RUNC" "$@"
+    make_bundle "$bundle" "$rt" "$@"
     st=$(state_dir "$id" "$owner")
-    cleanup_cmds+=("$RUNC --root $st delete -f $id")
-    try_row "$name" "$key" "$uw" "$RUNC --root $st run -b $bundle $id" || true
+    cleanup_cmds+=("$rt --root $st delete -f $id")
+    try_row "$name" "$group" "$rt --root $st run -b $bundle $id" || true
 }
 
 if [[ -n $CRUN ]]; then
     # `crun spec --rootless` as is: crun maps the caller to root itself.
-    crun_row "crun rootless (1 id)" "$W_TEST" "$wrap_user" "$RL_USER" crun1 --rootless none
+    oci_row "$CRUN" "crun rootless (1 id)" "$TG" "$RL_USER" crun1 --rootless none
     if ((HAVE_SUBIDS)); then
-        crun_row "crun rootless (full map)" "$W_TEST" "$wrap_user" "$RL_USER" crunfull --rootless full
+        oci_row "$CRUN" "crun rootless (full map)" "$TG" "$RL_USER" crunfull --rootless full
     fi
 else
     warn "crun not installed"
 fi
 if [[ -n $RUNC ]]; then
-    runc_row "runc rootless (1 id)" "$W_TEST" "$wrap_user" "$RL_USER" runc1 --rootless single
+    oci_row "$RUNC" "runc rootless (1 id)" "$TG" "$RL_USER" runc1 --rootless single
     if ((HAVE_SUBIDS)); then
-        runc_row "runc rootless (full map)" "$W_TEST" "$wrap_user" "$RL_USER" runcfull --rootless full
+        oci_row "$RUNC" "runc rootless (full map)" "$TG" "$RL_USER" runcfull --rootless full
     fi
 else
     warn "runc not installed"
 fi
 if [[ -n $PODMAN ]]; then
-    try_row "podman run --rootfs" "$wrap_user" \
-        "$W_TEST" "$PODMAN run --rm --network=none --cgroups=disabled --rootfs $ROOTFS /bin/true" || true
+    try_row "podman run --rootfs" "$TG" "$PODMAN run --rm --network=none --cgroups=disabled --rootfs $ROOTFS /bin/true" || true
 fi
 
 # rootless_container rows.
@@ -313,25 +298,26 @@ if [[ $ONLY_PEERS != 1 ]]; then
     ((HAVE_SUBIDS)) || RC_ROW="rootless_container (1 id)"
     # --network none: the floors (unshare --net, bwrap, crun/runc specs) have no network
     # either. The network-ready row (last) adds slirp4netns.
-    need_row "$RC_ROW" "$wrap_user" "$W_TEST" "$RC run --rm --network none --rootfs $ROOTFS /bin/true"
+    need_row "$RC_ROW" "$TG" "$RC run --rm --network none --rootfs $ROOTFS /bin/true"
     if ((is_root)); then
+        # The single-id comparison within one hyperfine run as that user.
+        need_row "unshare -r (floor, 1 id) [$NOSUB_USER]" nosub "$UNSHARE --user --map-root-user $UNS_FLAGS $TRUE_BIN"
         RC_NOSUB_ROW="rootless_container $NOSUB_USER (1 id)"
-        need_row "$RC_NOSUB_ROW" setpriv "$W_NOSUB" "$RC run --rm --network none --rootfs $ROOTFS /bin/true"
+        need_row "$RC_NOSUB_ROW" nosub "$RC run --rm --network none --rootfs $ROOTFS /bin/true"
     fi
 fi
 
 # Root rows.
 if ((ROOT_ROWS)); then
-    add_row "[root] unshare (floor)" none "" "$UNSHARE $UNS_FLAGS $TRUE_BIN"
+    add_row "[root] unshare (floor)" root "$UNSHARE $UNS_FLAGS $TRUE_BIN"
     if [[ -n $CRUN ]]; then
-        crun_row "[root] crun" "" none root crunroot "" none
+        oci_row "$CRUN" "[root] crun" root root crunroot "" none
     fi
     if [[ -n $RUNC ]]; then
-        runc_row "[root] runc" "" none root runcroot "" none
+        oci_row "$RUNC" "[root] runc" root root runcroot "" none
     fi
     if [[ -n $RC_ROW ]]; then
-        try_row "[root] rootless_container" none "" \
-            "$RC run --rm --network none --rootfs $ROOTFS /bin/true" || true
+        try_row "[root] rootless_container" root "$RC run --rm --network none --rootfs $ROOTFS /bin/true" || true
     fi
 fi
 
@@ -339,7 +325,7 @@ fi
 # be torn down by kernel workers after it has exited, work that would spill into the
 # runs of whatever row came next.
 if [[ -n $RC_ROW && -n $(command -v slirp4netns) ]]; then
-    try_row "rootless_container + slirp4netns" "$wrap_user" "$W_TEST" \
+    try_row "rootless_container + slirp4netns" "$([[ $TG == test ]] && echo net || echo self)" \
         "$RC run --rm --network slirp4netns --rootfs $ROOTFS /bin/true" || true
 fi
 
@@ -352,19 +338,30 @@ json=${BENCH_JSON:-$work/hyperfine.json}
 ROUNDS=${BENCH_ROUNDS:-4}
 per_round=$(((RUNS + ROUNDS - 1) / ROUNDS))
 note "rootfs $ROOTFS, ${#NAMES[@]} commands, $ROUNDS rounds of $per_round runs (+ $WARMUP warmup in the first)"
-for ((round = 1; round <= ROUNDS; round++)); do
-    # -i: one flaky run of a peer (runc failed once in 3000 here) must not sink the
-    # whole comparison; failed runs are counted and reported below instead.
-    args=(-N -i --runs "$per_round" --export-json "$work/round-$round.json")
-    ((round > 1)) || args+=(--warmup "$WARMUP")
-    for i in "${!NAMES[@]}"; do
-        args+=(-n "${NAMES[$i]}" "$(full_cmd "$i")")
-    done
-    "$HYPERFINE" "${args[@]}" >"$work/round-$round.txt"
+# The groups in order of first appearance (the network-ready one last, see above).
+declare -a ORDER=()
+for g in "${ROW_GROUPS[@]}"; do
+    [[ " ${ORDER[*]} " == *" $g "* ]] || ORDER+=("$g")
 done
-cat "$work/round-$ROUNDS.txt"
+# The user groups' hyperfine writes its JSON here.
+mkdir -m 1777 "$work/out"
+for ((round = 1; round <= ROUNDS; round++)); do
+    for g in "${ORDER[@]}"; do
+        # -i: one flaky run of a peer (runc failed once in 3000 here) must not sink the
+        # whole comparison; failed runs are counted and reported below instead.
+        out=$work/out/round-$round-$g.json
+        args=(-N -i --runs "$per_round" --export-json "$out")
+        ((round > 1)) || args+=(--warmup "$WARMUP")
+        for i in "${!NAMES[@]}"; do
+            [[ ${ROW_GROUPS[$i]} == "$g" ]] && args+=(-n "${NAMES[$i]}" "${CMDS[$i]}")
+        done
+        # shellcheck disable=SC2046 # the prefix is words
+        $(group_prefix "$g") "$HYPERFINE" "${args[@]}" >"$work/round-$round-$g.txt"
+    done
+done
+for g in "${ORDER[@]}"; do cat "$work/round-$ROUNDS-$g.txt"; done
 # One JSON in hyperfine's shape: every row's times of all rounds, and their median.
-"$PY" - "$json" "$work"/round-*.json <<'EOF'
+"$PY" - "$json" "$work"/out/round-*.json <<'EOF'
 import json, statistics, sys
 out, paths = sys.argv[1], sys.argv[2:]
 rows = {}
@@ -387,7 +384,7 @@ for d in "$work"/state-*; do
 done
 
 # --- peak RSS: max of 5 single runs under GNU time ---------------------------
-# GNU time goes after the wrapper, so it reports the command (and its
+# GNU time goes after the group's prefix, so it reports the command (and its
 # reaped children), not setpriv/nsenter. Its output dir is world-writable
 # because it runs as the row's user.
 rss_file=$work/rss.tsv
@@ -398,12 +395,12 @@ for i in "${!NAMES[@]}"; do
     for _ in 1 2 3 4 5; do
         rm -f "$work/rss/one"
         # shellcheck disable=SC2086 # split like hyperfine -N does
-        ${PREFIXES[$i]} /usr/bin/time -f %M -o "$work/rss/one" ${CMDS[$i]} >/dev/null 2>&1 || true
+        $(group_prefix "${ROW_GROUPS[$i]}") /usr/bin/time -f %M -o "$work/rss/one" ${CMDS[$i]} >/dev/null 2>&1 || true
         kb=$(tail -n1 "$work/rss/one" 2>/dev/null || echo 0)
         [[ $kb =~ ^[0-9]+$ ]] || kb=0
         if ((kb > max)); then max=$kb; fi
     done
-    printf '%s\t%s\t%s\n' "${NAMES[$i]}" "${WRAPS[$i]}" "$max" >>"$rss_file"
+    printf '%s\t%s\t%s\n' "${NAMES[$i]}" "${ROW_GROUPS[$i]}" "$max" >>"$rss_file"
 done
 
 # --- table ---------------------------------------------------------------------
@@ -418,49 +415,39 @@ for r in results:
     if failed:
         print(f"warning: {r['command']}: {failed} of {len(r['exit_codes'])} runs failed")
 rows = [l.rstrip("\n").split("\t") for l in open(rsspath) if l.strip()]
-true_ms = med.get("baseline: /bin/true", 0.0)
-# Wrapper overhead = (wrapper + /bin/true) - /bin/true.
-over = {"none": 0.0}
-for key, base in (("setpriv", "baseline: setpriv /bin/true"),
-                  ("nsenter", "baseline: nsenter /bin/true"),
-                  ("nsenter+setpriv", "baseline: nsenter+setpriv /bin/true")):
-    if base in med:
-        over[key] = max(0.0, med[base] - true_ms)
-net = {name: med[name] - over.get(key, 0.0) for name, key, _ in rows}
-ref = rc_row if rc_row in net else "unshare -r (floor, 1 id)"
+group = {name: g for name, g, _ in rows}
+ref = rc_row if rc_row in med else "unshare -r (floor, 1 id)"
 w = max(len(n) for n, _, _ in rows)
 print()
-print(f"{'command':<{w}}  {'median ms':>9}  {'net ms':>7}  {'x ' + ('rc' if ref == rc_row else 'floor'):>8}  {'peak RSS kB':>11}")
-for name, key, kb in rows:
-    ratio = "" if name.startswith("baseline") else f"{net[name] / net[ref]:.2f}"
-    print(f"{name:<{w}}  {med[name]:9.2f}  {net[name]:7.2f}  {ratio:>8}  {int(kb):11d}")
-print(f"(net = median minus measured wrapper overhead: "
-      + ", ".join(f"{k} {v:.2f} ms" for k, v in over.items() if k != "none") + ")"
-      if len(over) > 1 else "(no wrappers)")
+print(f"{'command':<{w}}  {'group':>6}  {'median ms':>9}  {'x ' + ('rc' if ref == rc_row else 'floor'):>8}  {'peak RSS kB':>11}")
+for name, g, kb in rows:
+    ratio = "" if name.startswith("baseline") else f"{med[name] / med[ref]:.2f}"
+    print(f"{name:<{w}}  {g:>6}  {med[name]:9.2f}  {ratio:>8}  {int(kb):11d}")
+print("(group: the hyperfine process the row ran in, started once as that group's user: "
+      "test = the user with subordinate ids, nosub = the one without, root; no per-run wrapper)")
 
 targets = []
 def target(label, num, den, limit):
-    if num in net and den in net:
-        r = net[num] / net[den]
+    if num in med and den in med:
+        r = med[num] / med[den]
         ok = r <= limit
         targets.append(ok)
         print(f"target {label}: {r:.2f}x (<= {limit}x) {'ok' if ok else 'MISSED'}")
     else:
         print(f"target {label}: n/a (row missing)")
 print()
-if rc_row in net:
+if rc_row in med:
     full_floor = "unshare subuid (floor, full map)"
     target("full map vs unshare --map-users floor", rc_row, full_floor, 1.2)
-    crun = next((n for n, _, _ in rows if n.startswith("crun rootless (1 id)")), None)
-    target("full map vs crun rootless", rc_row, crun, 0.6)
-    crunf = next((n for n, _, _ in rows if n.startswith("crun rootless (full map)")), None)
-    if crunf:
-        print(f"  (info: vs crun full map {net[rc_row] / net[crunf]:.2f}x)")
+    target("full map vs crun rootless", rc_row, "crun rootless (1 id)", 0.6)
+    if "crun rootless (full map)" in med:
+        print(f"  (info: vs crun full map {med[rc_row] / med['crun rootless (full map)']:.2f}x)")
     if nosub_row:
-        target("single id vs unshare -r floor", nosub_row, "unshare -r (floor, 1 id)", 1.5)
+        floor1 = next(n for n in med if n.startswith("unshare -r (floor, 1 id) ["))
+        target("single id vs unshare -r floor", nosub_row, floor1, 1.5)
     if "rootless_container + slirp4netns" in med:
-        m = med["rootless_container + slirp4netns"] - over.get("setpriv", 0.0)
-        print(f"network-ready run /bin/true (slirp4netns): {m:.2f} ms net (target <= 15 ms) {'ok' if m <= 15 else 'MISSED'}")
+        m = med["rootless_container + slirp4netns"]
+        print(f"network-ready run /bin/true (slirp4netns): {m:.2f} ms (target <= 15 ms) {'ok' if m <= 15 else 'MISSED'}")
 else:
     print("rootless_container rows skipped: ratios are against the unshare -r floor")
 if enforce == "1" and not all(targets):
