@@ -957,20 +957,33 @@ fn signals_are_forwarded() {
 // ---------------------------------------------------------------------------------------
 // 13. Terminal
 
+/// `run -t --rm EXTRA --rootfs R sh -c INSIDE` under util-linux `script` (a terminal of
+/// its own), after `before` in script's shell; None (after skip) without `script`.
+fn under_script(u: &User, r: &Path, before: &str, extra: &str, inside: &str) -> Option<Out> {
+    let Some(script) = which("script") else {
+        skip("util-linux script is not installed (package bsdutils)");
+        return None;
+    };
+    let inner = format!(
+        "{before}{} run -t --rm {extra} --rootfs {} sh -c '{inside}'",
+        shell_quote(user_bin().to_str().unwrap()),
+        shell_quote(r.to_str().unwrap())
+    );
+    Some(output(as_user(u, script).args([
+        "-qec",
+        &inner,
+        "/dev/null",
+    ])))
+}
+
 #[test]
 fn tty_under_script() {
     let Some((u, r)) = user_and_rootfs() else {
         return;
     };
-    let Some(script) = which("script") else {
-        return skip("util-linux script is not installed (package bsdutils)");
+    let Some(o) = under_script(&u, &r, "", "", "tty; stty size || true") else {
+        return;
     };
-    let inner = format!(
-        "{} run -t --rm --rootfs {} sh -c 'tty; stty size || true'",
-        shell_quote(user_bin().to_str().unwrap()),
-        shell_quote(r.to_str().unwrap())
-    );
-    let o = output(as_user(&u, script).args(["-qec", &inner, "/dev/null"]));
     assert_eq!(o.code(), 0, "stdout: {}\nstderr: {}", o.stdout, o.stderr);
     assert!(
         o.stdout.contains("/dev/pts/"),
@@ -1742,15 +1755,10 @@ fn single_id_start_with_a_terminal() {
     let Some((u, r)) = nosub_and_rootfs() else {
         return;
     };
-    let Some(script) = which("script") else {
-        return skip("util-linux script is not installed (package bsdutils)");
+    let before = "stty rows 33 cols 77; ";
+    let Some(o) = under_script(&u, &r, before, "--network none", "tty; stty size") else {
+        return;
     };
-    let inner = format!(
-        "stty rows 33 cols 77; {} run -t --rm --network none --rootfs {} sh -c 'tty; stty size'",
-        shell_quote(user_bin().to_str().unwrap()),
-        shell_quote(r.to_str().unwrap())
-    );
-    let o = output(as_user(&u, script).args(["-qec", &inner, "/dev/null"]));
     assert_eq!(o.code(), 0, "stdout: {}\nstderr: {}", o.stdout, o.stderr);
     assert!(o.stdout.contains("/dev/pts/"), "tty inside: {:?}", o.stdout);
     assert!(
