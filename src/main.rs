@@ -20,9 +20,7 @@ mod util;
 #[no_mangle]
 extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
     std_startup();
-    // A bug must still end in the runtime's own exit code, not an abort.
-    let code = std::panic::catch_unwind(run).unwrap_or(exit::EXIT_RUNTIME);
-    std::process::exit(code)
+    std::process::exit(run())
 }
 
 /// What std's start-up does that the runtime relies on: fds 0-2 open (else the first
@@ -35,15 +33,31 @@ fn std_startup() {
         events: 0,
         revents: 0,
     });
-    // SAFETY: poll over a valid array without waiting; open and signal with constants.
+    // SAFETY: poll over a valid array without waiting; fcntl, open and signal on
+    // constants.
     unsafe {
-        if libc::poll(fds.as_mut_ptr(), 3, 0) >= 0 {
-            for p in fds.iter().filter(|p| p.revents & libc::POLLNVAL != 0) {
-                // The lowest free number is the closed one.
-                let fd = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-                if fd != p.fd {
-                    libc::_exit(exit::EXIT_RUNTIME);
+        let closed: Vec<libc::c_int> = loop {
+            match libc::poll(fds.as_mut_ptr(), 3, 0) {
+                n if n >= 0 => {
+                    break fds
+                        .iter()
+                        .filter(|p| p.revents & libc::POLLNVAL != 0)
+                        .map(|p| p.fd)
+                        .collect()
                 }
+                _ if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => {}
+                // As std does when poll is unavailable (ENOMEM, a sandbox): one by one.
+                _ => {
+                    break (0..3)
+                        .filter(|&fd| libc::fcntl(fd, libc::F_GETFD) < 0)
+                        .collect()
+                }
+            }
+        };
+        for fd in closed {
+            // The lowest free number is the closed one.
+            if libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) != fd {
+                libc::_exit(exit::EXIT_RUNTIME);
             }
         }
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);

@@ -1734,6 +1734,15 @@ fn single_id_start_forwards_signals() {
         &["--network", "none", "sh", "-c", script],
     ));
     run.expect_line("ready", Duration::from_secs(20));
+    // The child made itself non-dumpable in the memory it borrowed: the runtime has its
+    // own setting back (its /proc files stay the user's).
+    let environ = output(as_user(&u, "cat").arg(format!("/proc/{}/environ", run.pid)));
+    assert_eq!(
+        environ.code(),
+        0,
+        "the runtime's environ: {}",
+        environ.stderr
+    );
     run.signal(libc::SIGTERM);
     run.expect_line("got-TERM", Duration::from_secs(5));
     run.signal(libc::SIGUSR2);

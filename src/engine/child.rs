@@ -51,7 +51,9 @@ fn setup_and_exec(
     // runtime moved us on to our leaf: cgroup v2 then refuses to enable controllers in a
     // scope with a process in it. With a cgroup the helper starts after `go`.
     let mut netns = None;
-    let helper = l.netns_in_child() && !matches!(l.maps, super::MapWriter::Helpers { .. });
+    let helper = l.netns_in_child()
+        && !matches!(l.maps, super::MapWriter::Helpers { .. })
+        && super::netns::HELPER_SUPPORTED;
     if l.netns_in_child() && !helper {
         super::netns::create()?;
     }
@@ -60,7 +62,9 @@ fn setup_and_exec(
     }
     let winsize = match start {
         Start::Go => sync::wait_go(sock)?,
-        Start::Borrowed { winsize, own_maps } => {
+        Start::Borrowed {
+            winsize, own_maps, ..
+        } => {
             if *own_maps {
                 write_own_maps(l)?;
             }
@@ -156,6 +160,11 @@ fn setup_and_exec(
         }
     }
     reset_signals(&sigs);
+    if let Start::Borrowed { executing, .. } = start {
+        // Seen by the runtime once it continues: an end of the socket without it means
+        // we died before execve (a signal, the stack's guard page), not that the command ran.
+        executing.store(true, std::sync::atomic::Ordering::Release);
+    }
     exec(&program, &args, &env)
 }
 

@@ -172,6 +172,8 @@ pub(super) enum Start {
     Borrowed {
         winsize: Option<libc::winsize>,
         own_maps: bool,
+        /// Set by the child right before execve.
+        executing: std::sync::atomic::AtomicBool,
     },
 }
 
@@ -179,6 +181,8 @@ pub(super) enum Start {
 /// that it may borrow the runtime's memory (Start::Borrowed): no maps, or a single-id map
 /// it can write itself; no cgroup to join, no network to attach, no init to stay behind
 /// as PID 1.
+/// (The runtime is single-threaded then: only the cgroup and bridge code start threads,
+/// and a glibc credential change in the child would otherwise signal them.)
 fn can_borrow(l: &Launch, userns: bool) -> bool {
     let maps_ok = !userns || (l.rootless && matches!(l.maps, MapWriter::Direct));
     maps_ok && l.cgroup.is_none() && l.network.is_none() && l.bridge.is_none() && !l.init
@@ -210,6 +214,9 @@ const BORROWED_STACK: usize = 8 << 20;
 /// clone into new namespaces with Start::Borrowed; returns once the child has executed
 /// its command or died. The child's pid and a pidfd.
 fn clone_borrowed(flags: u64, child: &BorrowedChild) -> Result<(i32, Option<OwnedFd>)> {
+    let all =
+        flags | (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD) as u64;
+    let all = libc::c_int::try_from(all).context("clone flags beyond 32 bits")?;
     let page = 4096;
     // SAFETY: a fresh private mapping; its lowest page becomes a guard against overflow
     // (into the runtime's own memory otherwise).
@@ -226,13 +233,19 @@ fn clone_borrowed(flags: u64, child: &BorrowedChild) -> Result<(i32, Option<Owne
     if base == libc::MAP_FAILED {
         return Err(std::io::Error::last_os_error()).context("allocate the container's stack");
     }
-    // SAFETY: within the mapping just made.
-    unsafe { libc::mprotect(base, page, libc::PROT_NONE) };
+    // SAFETY: within the mapping just made (unmapped again if this fails).
+    if unsafe { libc::mprotect(base, page, libc::PROT_NONE) } != 0 {
+        let err = std::io::Error::last_os_error();
+        // SAFETY: the mapping made above, unused.
+        unsafe { libc::munmap(base, BORROWED_STACK) };
+        return Err(err).context("guard the container's stack");
+    }
     let top = (base as usize + BORROWED_STACK) & !15;
     let mut pidfd: libc::c_int = -1;
-    let all =
-        flags | (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD) as u64;
-    let all = libc::c_int::try_from(all).context("clone flags beyond 32 bits")?;
+    // Dumpability belongs to the memory, which the child shares until its execve: it
+    // makes itself non-dumpable, and the runtime gets its own setting back afterwards.
+    // SAFETY: prctl with constant arguments.
+    let dumpable = unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) };
     // SAFETY: the child runs borrowed_child_main on its own stack while we are suspended
     // (CLONE_VFORK), and leaves our memory by execve or _exit before we continue.
     let r = unsafe {
@@ -245,6 +258,10 @@ fn clone_borrowed(flags: u64, child: &BorrowedChild) -> Result<(i32, Option<Owne
         )
     };
     let err = std::io::Error::last_os_error();
+    if dumpable >= 0 {
+        // SAFETY: prctl restoring the value read above.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, dumpable, 0, 0, 0) };
+    }
     // SAFETY: the child no longer runs on it (it has executed or exited).
     unsafe { libc::munmap(base, BORROWED_STACK) };
     if r < 0 {
@@ -333,7 +350,9 @@ fn attach_network(n: &super::NetworkPlan, pid: Pid) -> Result<Box<dyn std::any::
 pub trait Hooks {
     /// The container's process exists: runs while newuidmap and newgidmap write its id
     /// maps, or else once it is released, beside its setup (before it can exec), so that
-    /// work kept off the start-up path before clone goes here.
+    /// work kept off the start-up path before clone goes here. A start that borrows the
+    /// runtime's memory (Start::Borrowed) runs it once the runtime continues, after the
+    /// child's execve.
     fn created(&mut self, pid: i32) -> Result<()>;
     /// The command runs (its exec succeeded).
     fn started(&mut self, pid: i32);
@@ -370,6 +389,8 @@ pub fn run(l: &Launch, hooks: &mut dyn Hooks) -> Result<i32> {
     };
 
     let borrowed = can_borrow(l, userns);
+    // Borrowed: whether the child reached its execve.
+    let mut borrowed_exec = None;
     let (pid, pidfd) = if borrowed {
         let child = BorrowedChild {
             l,
@@ -380,9 +401,14 @@ pub fn run(l: &Launch, hooks: &mut dyn Hooks) -> Result<i32> {
             start: Start::Borrowed {
                 winsize,
                 own_maps: userns,
+                executing: std::sync::atomic::AtomicBool::new(false),
             },
         };
-        clone_borrowed(namespace_flags(l), &child)?
+        let r = clone_borrowed(namespace_flags(l), &child)?;
+        if let Start::Borrowed { executing, .. } = &child.start {
+            borrowed_exec = Some(executing.load(std::sync::atomic::Ordering::Acquire));
+        }
+        r
     } else {
         let (pid, pidfd) = clone_into_namespaces(namespace_flags(l))?;
         if pid == 0 {
@@ -394,10 +420,21 @@ pub fn run(l: &Launch, hooks: &mut dyn Hooks) -> Result<i32> {
     drop(child_sock);
     let pid = Pid::from_raw(pid);
     let guard = ChildGuard(Some(pid));
-    if borrowed {
+    if let Some(executing) = borrowed_exec {
         // The child has executed its command (or failed) by now: its reports are waiting.
         hooks.created(pid.as_raw())?;
-        return finish_start(l, pid, pidfd, parent_sock, guard, &sigs, terminal, hooks);
+        let started = Started { executing };
+        return finish_start(
+            l,
+            pid,
+            pidfd,
+            parent_sock,
+            guard,
+            &sigs,
+            terminal,
+            hooks,
+            started,
+        );
     }
     // The caller's work goes where it costs nothing: while newuidmap and newgidmap run,
     // or else after `go`, beside the child's setup.
@@ -434,7 +471,25 @@ pub fn run(l: &Launch, hooks: &mut dyn Hooks) -> Result<i32> {
     if !beside_helpers {
         hooks.created(pid.as_raw())?;
     }
-    finish_start(l, pid, pidfd, parent_sock, guard, &sigs, terminal, hooks)
+    let started = Started { executing: true };
+    finish_start(
+        l,
+        pid,
+        pidfd,
+        parent_sock,
+        guard,
+        &sigs,
+        terminal,
+        hooks,
+        started,
+    )
+}
+
+/// What the runtime knows of the child's execve besides its reports.
+struct Started {
+    /// False when a borrowing child ended before its execve (its end of the socket closes
+    /// then too, which would read as "executed").
+    executing: bool,
 }
 
 /// From the child's reports to its exit: the terminal, exec or failure, then the wait.
@@ -448,12 +503,27 @@ fn finish_start(
     sigs: &SigSet,
     terminal: bool,
     hooks: &mut dyn Hooks,
+    started: Started,
 ) -> Result<i32> {
     let stdin_fd = std::io::stdin().as_raw_fd();
     let mut master: Option<OwnedFd> = None;
     loop {
         match sync::recv_report(&parent_sock)? {
             sync::Report::Pty(fd) => master = Some(fd),
+            sync::Report::Executed if !started.executing => {
+                let status = waitpid(pid, None);
+                guard.0 = None;
+                let how = match status {
+                    Ok(WaitStatus::Signaled(_, s, _)) => format!("was killed by {s:?}"),
+                    Ok(WaitStatus::Exited(_, c)) => format!("exited with {c}"),
+                    _ => "vanished".to_string(),
+                };
+                return Err(ExitError::new(
+                    crate::exit::EXIT_RUNTIME,
+                    format!("the container's first process {how} while it set the container up"),
+                )
+                .into());
+            }
             sync::Report::Executed => break,
             sync::Report::Failed { code, message } => {
                 let _ = waitpid(pid, None);

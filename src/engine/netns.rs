@@ -59,12 +59,18 @@ pub fn create() -> Result<()> {
     loopback_up()
 }
 
-/// A network namespace being made by a helper; `enter` joins it (once).
+/// Whether this architecture has the helper (its raw system calls): elsewhere the first
+/// process makes the namespace itself.
+pub const HELPER_SUPPORTED: bool = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
+
+/// A network namespace being made by a helper; `enter` joins it (once). Dropped without
+/// `enter` (a failed start), it still waits for the helper: the helper writes into
+/// `shared` and runs on `stack` until it exits.
 pub struct PendingNetns {
     helper: libc::pid_t,
+    reaped: bool,
     shared: Box<HelperResult>,
-    // The helper runs on this until it exits; `enter` waits for that before it is freed.
-    _stack: Vec<u8>,
+    stack: Vec<u8>,
 }
 
 /// What the helper leaves: the namespace's descriptor, or the step that failed and errno.
@@ -106,19 +112,10 @@ unsafe fn raw_syscall(nr: libc::c_long, a: usize, b: usize, c: usize) -> isize {
     ret
 }
 
-/// Other architectures: libc's wrapper, which writes errno (shared with the first
-/// process) only when a call fails, and then the start fails anyway.
+/// Other architectures have no helper (HELPER_SUPPORTED); this only keeps them building.
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-unsafe fn raw_syscall(nr: libc::c_long, a: usize, b: usize, c: usize) -> isize {
-    // SAFETY: as the caller's.
-    let r = unsafe { libc::syscall(nr, a, b, c) };
-    if r < 0 {
-        -(std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO) as isize)
-    } else {
-        r as isize
-    }
+unsafe fn raw_syscall(_nr: libc::c_long, _a: usize, _b: usize, _c: usize) -> isize {
+    -(libc::ENOSYS as isize)
 }
 
 /// The helper's body: system calls only, nothing that allocates, locks or sets errno.
@@ -211,21 +208,31 @@ impl PendingNetns {
         run_elsewhere(pid);
         Ok(Self {
             helper: pid,
+            reaped: false,
             shared,
-            _stack: stack,
+            stack,
         })
     }
 
-    /// Wait for the namespace, join it and reap the helper.
-    pub fn enter(self) -> Result<()> {
+    /// Wait until the helper has exited; false if it cannot be waited for.
+    fn reap(&mut self) -> bool {
         let mut status = 0;
         // SAFETY: waiting for our own child.
         while unsafe { libc::waitpid(self.helper, &mut status, 0) } < 0 {
             if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-                bail!("the network namespace helper vanished");
+                return false;
             }
         }
-        let fd = self.shared.fd.load(Ordering::Acquire);
+        self.reaped = true;
+        true
+    }
+
+    /// Wait for the namespace, join it and reap the helper.
+    pub fn enter(mut self) -> Result<()> {
+        if !self.reap() {
+            bail!("the network namespace helper vanished");
+        }
+        let fd = self.shared.fd.swap(-1, Ordering::AcqRel);
         if fd < 0 {
             let err = std::io::Error::from_raw_os_error(self.shared.errno.load(Ordering::Acquire));
             return Err(match self.shared.failed_step.load(Ordering::Acquire) {
@@ -249,15 +256,40 @@ impl PendingNetns {
     }
 }
 
+impl Drop for PendingNetns {
+    fn drop(&mut self) {
+        if !self.reaped && !self.reap() {
+            // Cannot happen (it is our child), but never free what it may still use.
+            std::mem::forget(std::mem::take(&mut self.stack));
+            std::mem::forget(std::mem::take(&mut self.shared));
+            return;
+        }
+        let fd = self.shared.fd.swap(-1, Ordering::AcqRel);
+        if fd >= 0 {
+            // SAFETY: the helper's descriptor, left to us and not taken by `enter`.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
 /// Let `pid` run on any CPU we may use except the one we are on (no change when that is
 /// the only one).
 fn run_elsewhere(pid: libc::pid_t) {
-    // SAFETY: plain affinity calls on a zeroed cpu_set_t.
+    // SAFETY: raw getcpu and plain affinity calls on a zeroed cpu_set_t.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         let size = std::mem::size_of::<libc::cpu_set_t>();
-        let me = libc::sched_getcpu();
-        if me < 0 || libc::sched_getaffinity(0, size, &mut set) != 0 {
+        // getcpu(2) itself, not glibc's sched_getcpu: that reads the rseq area in thread
+        // storage, which a process borrowing the runtime's memory shares with the runtime
+        // (and the kernel does not update it for us).
+        let mut me: libc::c_uint = 0;
+        let r = raw_syscall(
+            libc::SYS_getcpu,
+            &mut me as *mut libc::c_uint as usize,
+            0,
+            0,
+        );
+        if r < 0 || libc::sched_getaffinity(0, size, &mut set) != 0 {
             return;
         }
         libc::CPU_CLR(me as usize, &mut set);
