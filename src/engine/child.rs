@@ -62,9 +62,7 @@ fn setup_and_exec(
     }
     let winsize = match start {
         Start::Go => sync::wait_go(sock)?,
-        Start::Borrowed {
-            winsize, own_maps, ..
-        } => {
+        Start::Borrowed { winsize, own_maps } => {
             if *own_maps {
                 write_own_maps(l)?;
             }
@@ -160,11 +158,9 @@ fn setup_and_exec(
         }
     }
     reset_signals(&sigs);
-    if let Start::Borrowed { executing, .. } = start {
-        // Seen by the runtime once it continues: an end of the socket without it means
-        // we died before execve (a signal, the stack's guard page), not that the command ran.
-        executing.store(true, std::sync::atomic::Ordering::Release);
-    }
+    // An end of the socket without this means we died before execve (a signal, a stack
+    // guard page), not that the command ran.
+    sync::send_executing(sock);
     exec(&program, &args, &env)
 }
 

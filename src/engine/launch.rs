@@ -172,8 +172,6 @@ pub(super) enum Start {
     Borrowed {
         winsize: Option<libc::winsize>,
         own_maps: bool,
-        /// Set by the child right before execve.
-        executing: std::sync::atomic::AtomicBool,
     },
 }
 
@@ -389,8 +387,6 @@ pub fn run(l: &Launch, hooks: &mut dyn Hooks) -> Result<i32> {
     };
 
     let borrowed = can_borrow(l, userns);
-    // Borrowed: whether the child reached its execve.
-    let mut borrowed_exec = None;
     let (pid, pidfd) = if borrowed {
         let child = BorrowedChild {
             l,
@@ -401,14 +397,9 @@ pub fn run(l: &Launch, hooks: &mut dyn Hooks) -> Result<i32> {
             start: Start::Borrowed {
                 winsize,
                 own_maps: userns,
-                executing: std::sync::atomic::AtomicBool::new(false),
             },
         };
-        let r = clone_borrowed(namespace_flags(l), &child)?;
-        if let Start::Borrowed { executing, .. } = &child.start {
-            borrowed_exec = Some(executing.load(std::sync::atomic::Ordering::Acquire));
-        }
-        r
+        clone_borrowed(namespace_flags(l), &child)?
     } else {
         let (pid, pidfd) = clone_into_namespaces(namespace_flags(l))?;
         if pid == 0 {
@@ -420,21 +411,10 @@ pub fn run(l: &Launch, hooks: &mut dyn Hooks) -> Result<i32> {
     drop(child_sock);
     let pid = Pid::from_raw(pid);
     let guard = ChildGuard(Some(pid));
-    if let Some(executing) = borrowed_exec {
+    if borrowed {
         // The child has executed its command (or failed) by now: its reports are waiting.
         hooks.created(pid.as_raw())?;
-        let started = Started { executing };
-        return finish_start(
-            l,
-            pid,
-            pidfd,
-            parent_sock,
-            guard,
-            &sigs,
-            terminal,
-            hooks,
-            started,
-        );
+        return finish_start(l, pid, pidfd, parent_sock, guard, &sigs, terminal, hooks);
     }
     // The caller's work goes where it costs nothing: while newuidmap and newgidmap run,
     // or else after `go`, beside the child's setup.
@@ -471,25 +451,7 @@ pub fn run(l: &Launch, hooks: &mut dyn Hooks) -> Result<i32> {
     if !beside_helpers {
         hooks.created(pid.as_raw())?;
     }
-    let started = Started { executing: true };
-    finish_start(
-        l,
-        pid,
-        pidfd,
-        parent_sock,
-        guard,
-        &sigs,
-        terminal,
-        hooks,
-        started,
-    )
-}
-
-/// What the runtime knows of the child's execve besides its reports.
-struct Started {
-    /// False when a borrowing child ended before its execve (its end of the socket closes
-    /// then too, which would read as "executed").
-    executing: bool,
+    finish_start(l, pid, pidfd, parent_sock, guard, &sigs, terminal, hooks)
 }
 
 /// From the child's reports to its exit: the terminal, exec or failure, then the wait.
@@ -503,14 +465,16 @@ fn finish_start(
     sigs: &SigSet,
     terminal: bool,
     hooks: &mut dyn Hooks,
-    started: Started,
 ) -> Result<i32> {
     let stdin_fd = std::io::stdin().as_raw_fd();
     let mut master: Option<OwnedFd> = None;
+    // End of file means executed only after the child's last word before execve.
+    let mut executing = false;
     loop {
         match sync::recv_report(&parent_sock)? {
             sync::Report::Pty(fd) => master = Some(fd),
-            sync::Report::Executed if !started.executing => {
+            sync::Report::Executing => executing = true,
+            sync::Report::Executed if !executing => {
                 let status = waitpid(pid, None);
                 guard.0 = None;
                 let how = match status {

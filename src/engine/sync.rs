@@ -2,8 +2,9 @@
 //!
 //! parent -> child: `Go` once the id maps (and later cgroup, network) are in place.
 //! child -> parent: `Pty` with the terminal's master fd, or `Failed` with an exit code and
-//! one line of text. The child's end is close-on-exec, so end-of-file means the container's
-//! command was executed.
+//! one line of text, and `Executing` right before execve. The child's end is close-on-exec,
+//! so end-of-file after `Executing` means the container's command was executed; without
+//! it, that the child died first.
 
 use anyhow::{bail, Context, Result};
 use nix::sys::socket::{
@@ -26,7 +27,13 @@ pub fn pair() -> Result<(OwnedFd, OwnedFd)> {
 /// What the child reports.
 pub enum Report {
     Pty(OwnedFd),
-    Failed { code: i32, message: String },
+    Failed {
+        code: i32,
+        message: String,
+    },
+    /// About to execve.
+    Executing,
+    /// End of file.
     Executed,
 }
 
@@ -83,6 +90,12 @@ pub fn send_failure(fd: RawFd, code: i32, message: &str) {
     buf.truncate(4000);
     // SAFETY: write to a socket fd we hold; the result does not matter on this path.
     unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+}
+
+/// Child side: the next thing is execve (its failure is sent as `Failed` after this).
+pub fn send_executing(fd: RawFd) {
+    // SAFETY: write to a socket fd we hold; a runtime that is gone kills us (PDEATHSIG).
+    unsafe { libc::write(fd, b"X".as_ptr().cast(), 1) };
 }
 
 pub fn send_pty(fd: RawFd, master: RawFd) -> Result<()> {
@@ -145,6 +158,7 @@ pub fn recv_report(fd: &OwnedFd) -> Result<Report> {
         return Ok(Report::Failed { code, message });
     }
     match msg[0] {
+        b'X' => Ok(Report::Executing),
         b'P' => Ok(Report::Pty(
             passed.context("terminal message without a file descriptor")?,
         )),
