@@ -146,7 +146,7 @@ pub fn collect_stale(run: &Path) {
         if p.join("lock").exists() && !lock_is_held(&p.join("lock")) {
             // A network helper that does not end with its namespace.
             crate::network::pasta::kill_orphan(&p);
-            let _ = fs::remove_dir_all(&p);
+            remove_record(&p);
         }
     }
     if let Ok(names) = fs::read_dir(run.join("names")) {
@@ -229,16 +229,29 @@ impl Drop for Live {
         if let Some(l) = &self.name_link {
             let _ = fs::remove_file(l);
         }
-        // The entries every record has, then the directory: a few syscalls instead of a
-        // walk. A record with more (a network's /etc files, a helper's socket) is walked.
-        for f in ["state.json", "lock"] {
-            let _ = fs::remove_file(self.dir.join(f));
-        }
+        let _ = fs::remove_file(self.dir.join("state.json"));
         let _ = fs::remove_dir(self.dir.join("root"));
-        if fs::remove_dir(&self.dir).is_err() {
-            let _ = fs::remove_dir_all(&self.dir);
+        remove_record(&self.dir);
+    }
+}
+
+/// Remove a record: every entry but the lock, then the lock, then the directory. A
+/// runtime killed half-way (or a race with another one collecting the same stale record)
+/// leaves the lock behind, so that the next collect_stale finishes the job; a record
+/// without its lock would never be collected.
+fn remove_record(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten().filter(|e| e.file_name() != "lock") {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                let _ = fs::remove_dir_all(&p);
+            } else {
+                let _ = fs::remove_file(&p);
+            }
         }
     }
+    let _ = fs::remove_file(dir.join("lock"));
+    let _ = fs::remove_dir(dir);
 }
 
 /// A random 64-hex-digit container id (Docker's format).

@@ -237,3 +237,43 @@ fn root_no_leak_after_sigkill(r: &Path, extra: &[&str]) {
         stale_records(&run_dir)
     );
 }
+
+/// CVE-2019-5736: container root is host root here, and a container that gets the
+/// runtime's /proc/PID/exe must not be able to rewrite the runtime's binary. The runtime
+/// re-executes from a read-only overlay view of its binary (or, where it cannot mount
+/// one, a sealed memfd copy): what runs is not the writable file.
+#[test]
+fn root_mode_runs_from_a_read_only_view_of_its_binary() {
+    let Some(r) = setup() else { return };
+    let mut run = Running::spawn(&mut brun(
+        &r,
+        &[
+            "--network",
+            "none",
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; echo up; while :; do sleep 0.05; done",
+        ],
+    ));
+    run.expect_line("up", Duration::from_secs(20));
+    let exe =
+        std::fs::File::open(format!("/proc/{}/exe", run.pid)).expect("open the runtime's exe");
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&exe);
+    // SAFETY: fstatfs/fstatvfs/fcntl on an fd we own, into zeroed structs.
+    let (mut fs, mut vfs): (libc::statfs, libc::statvfs) = unsafe { std::mem::zeroed() };
+    let (read_only_overlay, sealed) = unsafe {
+        let ro = libc::fstatfs(fd, &mut fs) == 0
+            && libc::fstatvfs(fd, &mut vfs) == 0
+            && fs.f_type == 0x794c_7630
+            && vfs.f_flag & libc::ST_RDONLY != 0;
+        let seals = libc::fcntl(fd, libc::F_GET_SEALS);
+        (ro, seals >= 0 && seals & libc::F_SEAL_WRITE != 0)
+    };
+    assert!(
+        read_only_overlay || sealed,
+        "the runtime runs from its writable binary: {:?}",
+        std::fs::read_link(format!("/proc/{}/exe", run.pid))
+    );
+    run.signal(libc::SIGTERM);
+    assert_eq!(run.wait(Duration::from_secs(10)).code(), Some(0));
+}
