@@ -46,11 +46,24 @@ pub fn ensure_sealed_exe() -> Result<()> {
     if is_sealed(&exe) || on_readonly_overlay(&exe) || !exposed("/proc/self/exe") {
         return Ok(());
     }
-    let view = match readonly_overlay_view() {
+    let view = match readonly_overlay_view().filter(|v| same_file(v, &exe)) {
         Some(f) => f,
         None => sealed_copy(&exe)?,
     };
     reexec(&view)
+}
+
+/// Whether `view` shows the very file that runs (not one put in its place since, under the
+/// same name): inode number, size and modification time.
+fn same_file(view: &File, exe: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (view.metadata(), exe.metadata()) {
+        (Ok(a), Ok(b)) => {
+            (a.ino(), a.size(), a.mtime_nsec(), a.mtime())
+                == (b.ino(), b.size(), b.mtime_nsec(), b.mtime())
+        }
+        _ => false,
+    }
 }
 
 /// The lower layer under the binary's directory in readonly_overlay_view (root only).
