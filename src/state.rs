@@ -229,8 +229,6 @@ impl Drop for Live {
         if let Some(l) = &self.name_link {
             let _ = fs::remove_file(l);
         }
-        let _ = fs::remove_file(self.dir.join("state.json"));
-        let _ = fs::remove_dir(self.dir.join("root"));
         remove_record(&self.dir);
     }
 }

@@ -598,6 +598,15 @@ impl engine::Hooks for RecordHooks<'_> {
         self.record.pid = pid;
         let _ = self.live.write(self.record);
     }
+
+    /// One write of the record, not a "creating" one overwritten at once.
+    fn created_and_started(&mut self, pid: i32) -> Result<()> {
+        self.record.status = Status::Running;
+        self.record.pid = pid;
+        self.live.write(self.record)?;
+        state::collect_stale(self.run);
+        Ok(())
+    }
 }
 
 /// Which cgroup manager places the container.

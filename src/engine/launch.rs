@@ -348,12 +348,17 @@ fn attach_network(n: &super::NetworkPlan, pid: Pid) -> Result<Box<dyn std::any::
 pub trait Hooks {
     /// The container's process exists: runs while newuidmap and newgidmap write its id
     /// maps, or else once it is released, beside its setup (before it can exec), so that
-    /// work kept off the start-up path before clone goes here. A start that borrows the
-    /// runtime's memory (Start::Borrowed) runs it once the runtime continues, after the
-    /// child's execve.
+    /// work kept off the start-up path before clone goes here.
     fn created(&mut self, pid: i32) -> Result<()>;
     /// The command runs (its exec succeeded).
     fn started(&mut self, pid: i32);
+    /// Both, for a start whose process the runtime first sees after its execve (one that
+    /// borrowed the runtime's memory): a caller may then do their work once.
+    fn created_and_started(&mut self, pid: i32) -> Result<()> {
+        self.created(pid)?;
+        self.started(pid);
+        Ok(())
+    }
 }
 
 /// Run the container to completion.
@@ -413,8 +418,17 @@ pub fn run(l: &Launch, hooks: &mut dyn Hooks) -> Result<i32> {
     let guard = ChildGuard(Some(pid));
     if borrowed {
         // The child has executed its command (or failed) by now: its reports are waiting.
-        hooks.created(pid.as_raw())?;
-        return finish_start(l, pid, pidfd, parent_sock, guard, &sigs, terminal, hooks);
+        return finish_start(
+            l,
+            pid,
+            pidfd,
+            parent_sock,
+            guard,
+            &sigs,
+            terminal,
+            hooks,
+            true,
+        );
     }
     // The caller's work goes where it costs nothing: while newuidmap and newgidmap run,
     // or else after `go`, beside the child's setup.
@@ -451,10 +465,21 @@ pub fn run(l: &Launch, hooks: &mut dyn Hooks) -> Result<i32> {
     if !beside_helpers {
         hooks.created(pid.as_raw())?;
     }
-    finish_start(l, pid, pidfd, parent_sock, guard, &sigs, terminal, hooks)
+    finish_start(
+        l,
+        pid,
+        pidfd,
+        parent_sock,
+        guard,
+        &sigs,
+        terminal,
+        hooks,
+        false,
+    )
 }
 
 /// From the child's reports to its exit: the terminal, exec or failure, then the wait.
+/// `borrowed`: the hooks have not run yet (Start::Borrowed).
 #[allow(clippy::too_many_arguments)]
 fn finish_start(
     l: &Launch,
@@ -465,6 +490,7 @@ fn finish_start(
     sigs: &SigSet,
     terminal: bool,
     hooks: &mut dyn Hooks,
+    borrowed: bool,
 ) -> Result<i32> {
     let stdin_fd = std::io::stdin().as_raw_fd();
     let mut master: Option<OwnedFd> = None;
@@ -497,8 +523,12 @@ fn finish_start(
         }
     }
     drop(parent_sock);
+    if borrowed {
+        hooks.created_and_started(pid.as_raw())?;
+    } else {
+        hooks.started(pid.as_raw());
+    }
     guard.0 = None;
-    hooks.started(pid.as_raw());
 
     let _raw = if terminal && l.interactive {
         Some(tty::RawMode::enter(stdin_fd)?)
